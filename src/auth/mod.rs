@@ -1,0 +1,1 @@
+//! Client and server authentication exchanges (SCRAM-SHA-256, md5).

@@ -1,0 +1,1 @@
+//! Configuration: pgbouncer.ini, userlist.txt, typed settings and validation.

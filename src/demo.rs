@@ -1,0 +1,1 @@
+//! `pgberth demo`: a throwaway PostgreSQL with pgberth in front of it.

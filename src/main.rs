@@ -1,0 +1,3 @@
+//! Command line: parse arguments and call into the library.
+
+fn main() {}
