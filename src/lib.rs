@@ -6,3 +6,4 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod protocol;
