@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod protocol;
+pub mod stream;

@@ -1,0 +1,450 @@
+//! Server connection pools, one per (database, user): idle connections in a LIFO, clients
+//! waiting in a FIFO, the pool size and reserve, and the shared database and user limits.
+//!
+//! Every open server connection holds a [`Slot`]; dropping the connection (anywhere, for any
+//! reason) frees its slot and lets the next waiting client open a new one. Nothing is dropped
+//! while a pool's lock is held.
+
+mod limit;
+mod settings;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+pub use limit::Limit;
+pub use settings::PoolSettings;
+
+use crate::server::{self, ServerConnectError, ServerPassword};
+use crate::stream::Stream;
+
+/// Which pool: the database name clients use and the user pgberth logs in to the server as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+}
+
+/// Identifies a server connection in logs and the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerId(pub u64);
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection, owned either by the pool (idle) or by one client.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: Stream,
+    pub id: ServerId,
+    pub backend_pid: u32,
+    pub backend_secret: u32,
+    pub connected_at: Instant,
+    pub last_used: Instant,
+    generation: u64,
+    slot: Slot,
+}
+
+impl ServerConn {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.slot.pool
+    }
+}
+
+/// One unit of a pool's capacity, held by an open (or opening) server connection.
+#[derive(Debug)]
+struct Slot {
+    pool: Arc<Pool>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        Pool::slot_freed(&self.pool);
+    }
+}
+
+/// What a waiting client is handed: a connection someone checked in, or room to open one.
+enum Grant {
+    Conn(ServerConn),
+    Slot(Slot),
+}
+
+/// Why a client got no server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("query_wait_timeout: no server connection became free in {0:?}")]
+    WaitTimeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] ServerConnectError),
+    #[error("pool is shutting down")]
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    idle: Vec<ServerConn>,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Slots taken: connections open or being opened.
+    open: usize,
+    /// Bumped when the server target changes; older connections are closed at checkin.
+    generation: u64,
+    /// ParameterStatus values of the latest login, shown to new clients.
+    params: Option<Arc<[(String, String)]>>,
+    /// SCRAM keys from a client's exchange, for logging in without a plaintext password.
+    scram_keys: Option<([u8; 32], [u8; 32])>,
+}
+
+/// The pool of one (database, user).
+#[derive(Debug)]
+pub struct Pool {
+    pub key: PoolKey,
+    settings: ArcSwap<PoolSettings>,
+    inner: Mutex<Inner>,
+    db_limit: Arc<Limit>,
+    user_limit: Arc<Limit>,
+}
+
+/// Counts shown by the admin console and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub idle: usize,
+    pub open: usize,
+    pub waiting: usize,
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, settings: PoolSettings, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            key,
+            settings: ArcSwap::from_pointee(settings),
+            inner: Mutex::default(),
+            db_limit,
+            user_limit,
+        });
+        pool.db_limit.add_member(Arc::downgrade(&pool));
+        pool.user_limit.add_member(Arc::downgrade(&pool));
+        pool
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded settings. A changed server target or password retires every existing
+    /// connection (closed at checkin); other changes (sizes, timeouts) apply at once.
+    pub fn update_settings(&self, new: PoolSettings) {
+        let old = self.settings.load();
+        let retire = old.target != new.target || old.password_source != new.password_source;
+        self.settings.store(Arc::new(new));
+        let stale = {
+            let mut inner = self.lock();
+            if retire {
+                inner.generation += 1;
+                inner.params = None;
+                std::mem::take(&mut inner.idle)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(stale);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let inner = self.lock();
+        PoolCounts {
+            idle: inner.idle.len(),
+            open: inner.open,
+            waiting: inner.waiters.iter().filter(|w| !w.is_closed()).count(),
+        }
+    }
+
+    /// ParameterStatus values a server of this pool reported, if one has logged in.
+    pub fn server_params(&self) -> Option<Arc<[(String, String)]>> {
+        self.lock().params.clone()
+    }
+
+    /// Remembers SCRAM keys recovered from a client's proof, for SCRAM pass-through.
+    pub fn set_scram_keys(&self, client_key: [u8; 32], server_key: [u8; 32]) {
+        self.lock().scram_keys = Some((client_key, server_key));
+    }
+
+    fn server_password(&self, settings: &PoolSettings) -> ServerPassword {
+        match &settings.password {
+            ServerPassword::None => match self.lock().scram_keys {
+                Some((client_key, server_key)) if settings.scram_passthrough => {
+                    ServerPassword::ScramKeys { client_key, server_key }
+                }
+                _ => ServerPassword::None,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Takes a slot if the pool (plus the reserve, when allowed) and the shared database and
+    /// user limits all have room.
+    fn try_take_slot(&self, inner: &mut Inner, settings: &PoolSettings, use_reserve: bool) -> bool {
+        let max = settings.pool_size + if use_reserve { settings.reserve_pool } else { 0 };
+        if inner.open >= max || !self.db_limit.try_acquire() {
+            return false;
+        }
+        if !self.user_limit.try_acquire() {
+            self.db_limit.release();
+            return false;
+        }
+        inner.open += 1;
+        true
+    }
+
+    fn pop_live_waiter(inner: &mut Inner) -> Option<oneshot::Sender<Grant>> {
+        while let Some(tx) = inner.waiters.pop_front() {
+            if !tx.is_closed() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    /// Called when a slot is freed: hands it to this pool's first waiting client, or releases
+    /// the shared limits and lets a waiter of another pool sharing them proceed.
+    fn slot_freed(pool: &Arc<Pool>) {
+        let waiter = {
+            let mut inner = pool.lock();
+            inner.open -= 1;
+            let w = Pool::pop_live_waiter(&mut inner);
+            if w.is_some() {
+                inner.open += 1;
+            }
+            w
+        };
+        if let Some(tx) = waiter {
+            // If the waiter gave up meanwhile, the returned slot is dropped here, outside the
+            // lock, and goes to the next one.
+            let _ = tx.send(Grant::Slot(Slot { pool: pool.clone() }));
+            return;
+        }
+        pool.db_limit.release();
+        pool.user_limit.release();
+        let others = pool.db_limit.members().into_iter().chain(pool.user_limit.members());
+        for other in others {
+            if !Arc::ptr_eq(&other, pool) && other.grant_slot_to_waiter() {
+                break;
+            }
+        }
+    }
+
+    /// Opens room for this pool's first waiting client if the limits allow; true if granted.
+    fn grant_slot_to_waiter(self: &Arc<Pool>) -> bool {
+        let settings = self.settings.load();
+        let tx = {
+            let mut inner = self.lock();
+            if !inner.waiters.iter().any(|w| !w.is_closed()) || !self.try_take_slot(&mut inner, &settings, false) {
+                return false;
+            }
+            Pool::pop_live_waiter(&mut inner).expect("a live waiter was just seen")
+        };
+        let _ = tx.send(Grant::Slot(Slot { pool: self.clone() }));
+        true
+    }
+
+    /// Gets a server connection for a client: an idle one (health-checked when it idled longer
+    /// than `server_check_delay`), a new one when the pool has room, or the first one freed
+    /// while the client waits in line (up to `query_wait_timeout`).
+    pub async fn checkout(self: &Arc<Pool>) -> Result<ServerConn, CheckoutError> {
+        let settings = self.settings.load_full();
+        let started = Instant::now();
+        loop {
+            let mut stale = Vec::new();
+            let step = {
+                let mut inner = self.lock();
+                let mut found = None;
+                while let Some(conn) = inner.idle.pop() {
+                    if conn.generation != inner.generation || settings.lifetime_over(&conn) {
+                        stale.push(conn);
+                    } else {
+                        found = Some(conn);
+                        break;
+                    }
+                }
+                match found {
+                    Some(conn) => Ok(Grant::Conn(conn)),
+                    None if self.try_take_slot(&mut inner, &settings, false) => Ok(Grant::Slot(Slot { pool: self.clone() })),
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        inner.waiters.push_back(tx);
+                        Err(rx)
+                    }
+                }
+            };
+            drop(stale);
+            let grant = match step {
+                Ok(grant) => grant,
+                Err(rx) => self.wait(rx, &settings, started).await?,
+            };
+            match grant {
+                Grant::Conn(mut conn) => {
+                    if conn.last_used.elapsed() >= settings.server_check_delay && !settings.server_check_query.is_empty() {
+                        let checked = server::run_internal_query(
+                            &mut conn.stream,
+                            &settings.server_check_query,
+                            settings.server_connect_timeout,
+                        )
+                        .await;
+                        if let Err(e) = checked {
+                            tracing::info!(pool = %self.key.database, user = %self.key.user, "closing server connection that failed its health check: {e}");
+                            continue;
+                        }
+                    }
+                    conn.last_used = Instant::now();
+                    return Ok(conn);
+                }
+                Grant::Slot(slot) => return self.connect(slot, &settings).await,
+            }
+        }
+    }
+
+    async fn wait(
+        self: &Arc<Pool>,
+        mut rx: oneshot::Receiver<Grant>,
+        settings: &PoolSettings,
+        started: Instant,
+    ) -> Result<Grant, CheckoutError> {
+        let give_up = (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
+        if settings.reserve_pool > 0 {
+            let reserve_at = started + settings.reserve_pool_timeout;
+            let until = give_up.map_or(reserve_at, |g| g.min(reserve_at));
+            if let Ok(grant) = tokio::time::timeout_at(until.into(), &mut rx).await {
+                return grant.map_err(|_| CheckoutError::Closed);
+            }
+            let took_reserve = {
+                let mut inner = self.lock();
+                self.try_take_slot(&mut inner, settings, true)
+            };
+            if took_reserve {
+                let reserve = Slot { pool: self.clone() };
+                rx.close();
+                return Ok(match rx.try_recv() {
+                    Ok(grant) => grant,
+                    Err(_) => Grant::Slot(reserve),
+                });
+            }
+        }
+        let Some(give_up) = give_up else {
+            return rx.await.map_err(|_| CheckoutError::Closed);
+        };
+        match tokio::time::timeout_at(give_up.into(), &mut rx).await {
+            Ok(grant) => grant.map_err(|_| CheckoutError::Closed),
+            Err(_) => {
+                rx.close();
+                rx.try_recv().map_err(|_| CheckoutError::WaitTimeout(settings.query_wait_timeout))
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Pool>, slot: Slot, settings: &PoolSettings) -> Result<ServerConn, CheckoutError> {
+        let generation = self.lock().generation;
+        let password = self.server_password(settings);
+        let logged_in = server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
+        let now = Instant::now();
+        let id = ServerId(NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed));
+        self.lock().params = Some(logged_in.params.into());
+        tracing::debug!(server = id.0, pool = %self.key.database, user = %self.key.user, "server connection opened to {}", settings.target.describe());
+        Ok(ServerConn {
+            stream: logged_in.stream,
+            id,
+            backend_pid: logged_in.backend_pid,
+            backend_secret: logged_in.backend_secret,
+            connected_at: now,
+            last_used: now,
+            generation,
+            slot,
+        })
+    }
+
+    /// Returns a connection whose state is known to be idle (no transaction, nothing pending)
+    /// to the pool: to the first waiting client, else to the idle list. Connections that are
+    /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
+    pub fn checkin(mut conn: ServerConn) {
+        let pool = conn.pool().clone();
+        let settings = pool.settings.load();
+        conn.last_used = Instant::now();
+        let leftover = {
+            let mut inner = pool.lock();
+            let too_many = inner.open > settings.pool_size + settings.reserve_pool;
+            if conn.generation != inner.generation || settings.lifetime_over(&conn) || too_many {
+                Some(conn)
+            } else {
+                let mut grant = Grant::Conn(conn);
+                loop {
+                    match Pool::pop_live_waiter(&mut inner) {
+                        Some(tx) => match tx.send(grant) {
+                            Ok(()) => break None,
+                            Err(back) => grant = back,
+                        },
+                        None => {
+                            if let Grant::Conn(conn) = grant {
+                                inner.idle.push(conn);
+                            }
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        drop(leftover);
+    }
+
+    /// Periodic upkeep: closes idle connections past `server_idle_timeout` or
+    /// `server_lifetime`, and returns how many connections to open to reach `min_pool_size`.
+    pub fn maintain(&self) -> usize {
+        let settings = self.settings.load();
+        let now = Instant::now();
+        let (expired, missing) = {
+            let mut inner = self.lock();
+            let generation = inner.generation;
+            let mut expired = Vec::new();
+            let mut kept = Vec::with_capacity(inner.idle.len());
+            for conn in inner.idle.drain(..) {
+                let idle_too_long = !settings.server_idle_timeout.is_zero()
+                    && now.duration_since(conn.last_used) >= settings.server_idle_timeout;
+                if conn.generation != generation || idle_too_long || settings.lifetime_over(&conn) {
+                    expired.push(conn);
+                } else {
+                    kept.push(conn);
+                }
+            }
+            inner.idle = kept;
+            let open_after = inner.open - expired.len();
+            (expired, settings.min_pool_size.saturating_sub(open_after))
+        };
+        drop(expired);
+        missing
+    }
+
+    /// Opens one connection for `min_pool_size` and parks it idle, if there is room.
+    pub async fn open_spare(self: &Arc<Pool>) -> Result<(), CheckoutError> {
+        let settings = self.settings.load_full();
+        let took = {
+            let mut inner = self.lock();
+            self.try_take_slot(&mut inner, &settings, false)
+        };
+        if !took {
+            return Ok(());
+        }
+        let conn = self.connect(Slot { pool: self.clone() }, &settings).await?;
+        Pool::checkin(conn);
+        Ok(())
+    }
+
+    /// Closes every idle connection (the pool is being removed, or the server is going away).
+    pub fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop(idle);
+    }
+}
