@@ -2,7 +2,8 @@
 //!
 //! Starts a [`TempCluster`], creates role and database `demo`, writes a pgbouncer.ini and
 //! userlist.txt into a temp dir, runs this same executable on that ini in the foreground and
-//! prints how to connect. Ctrl-C stops everything and removes all files; so does any error.
+//! prints how to connect. Ctrl-C (or SIGTERM, SIGHUP) stops everything and removes all files;
+//! so does any error.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cluster::{ClusterOptions, PasswordEncryption, TempCluster, free_port};
 
@@ -85,11 +87,16 @@ async fn run_pooler(ini: &Path, port: u16, pg_port: u16, version: &str) -> anyho
     println!("  config:   {}", ini.display());
     println!("Press Ctrl-C to stop; everything is removed on exit.");
 
+    // SIGTERM and SIGHUP (terminal closed) clean up like Ctrl-C.
+    let mut terminate = signal(SignalKind::terminate()).context("could not listen for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("could not listen for SIGHUP")?;
     tokio::select! {
         signal = tokio::signal::ctrl_c() => {
             signal.context("could not listen for Ctrl-C")?;
             eprintln!("pgberth demo: stopping");
         }
+        _ = terminate.recv() => eprintln!("pgberth demo: SIGTERM, stopping"),
+        _ = hangup.recv() => eprintln!("pgberth demo: SIGHUP, stopping"),
         status = child.wait() => {
             bail!("pgberth exited unexpectedly: {}", status?);
         }
