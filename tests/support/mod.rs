@@ -1,0 +1,92 @@
+//! Shared by all integration tests (`mod support;`): one real PostgreSQL per test binary, and a
+//! launcher for the built pgberth binary.
+//!
+//! Roles in [`cluster()`]: `scram_user`/`scram_pass` (SCRAM), `md5_user`/`md5_pass` (md5 stored,
+//! md5 in pg_hba), `trust_user` (no password, trust in pg_hba), superuser `postgres`/`postgres`.
+//! Database `app` owned by `scram_user`, connectable by everyone.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+pub mod launcher;
+
+use std::sync::OnceLock;
+
+#[allow(unused_imports)]
+pub use launcher::Pgberth;
+use pgberth::cluster::{ClusterOptions, PasswordEncryption, TempCluster};
+
+pub const SCRAM_USER: &str = "scram_user";
+pub const SCRAM_PASS: &str = "scram_pass";
+pub const MD5_USER: &str = "md5_user";
+pub const MD5_PASS: &str = "md5_pass";
+pub const TRUST_USER: &str = "trust_user";
+pub const APP_DB: &str = "app";
+
+/// The server side pg_hba.conf: trust locally (the helpers need it), md5 and trust for the
+/// roles made for them, SCRAM for everyone else over TCP.
+const HBA: &str = "\
+local all all                    trust
+host  all md5_user   127.0.0.1/32 md5
+host  all trust_user 127.0.0.1/32 trust
+host  all all        127.0.0.1/32 scram-sha-256
+";
+
+static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
+
+/// The test binary's PostgreSQL, started on first use and stopped when the process exits.
+pub fn cluster() -> &'static TempCluster {
+    CLUSTER.get_or_init(|| {
+        let cluster = TempCluster::start(ClusterOptions {
+            max_connections: 200,
+            hba: Some(HBA.to_owned()),
+            ..ClusterOptions::default()
+        })
+        .unwrap_or_else(|err| panic!("could not start PostgreSQL for the tests: {err}"));
+        // SAFETY: registering a plain extern "C" fn; it only touches the OnceLock.
+        unsafe {
+            libc::atexit(stop_cluster_at_exit);
+        }
+        setup(&cluster).unwrap_or_else(|err| {
+            panic!(
+                "could not set up the test cluster: {err}\nserver log:\n{}",
+                cluster.log_tail()
+            )
+        });
+        cluster
+    })
+}
+
+fn setup(cluster: &TempCluster) -> Result<(), pgberth::cluster::ClusterError> {
+    cluster.create_role(SCRAM_USER, SCRAM_PASS, PasswordEncryption::Scram)?;
+    cluster.create_role(MD5_USER, MD5_PASS, PasswordEncryption::Md5)?;
+    cluster.psql("postgres", "CREATE ROLE trust_user LOGIN")?;
+    cluster.create_database(APP_DB, SCRAM_USER)?;
+    cluster.psql("postgres", "GRANT CONNECT ON DATABASE app TO PUBLIC")?;
+    Ok(())
+}
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some(cluster) = CLUSTER.get() {
+        // The static is never dropped; this stops the server and removes its directory.
+        cluster.shutdown();
+    }
+}
+
+/// A tokio-postgres connection string to the cluster itself over TCP (no pooler).
+pub fn direct_conn_str(user: &str, password: &str, db: &str) -> String {
+    conn_str(cluster().port(), user, password, db)
+}
+
+/// `host=127.0.0.1 port=.. user=.. password=.. dbname=.. sslmode=disable connect_timeout=10`,
+/// values quoted so that an empty password works.
+pub fn conn_str(port: u16, user: &str, password: &str, db: &str) -> String {
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={} sslmode=disable \
+         connect_timeout=10",
+        q(user),
+        q(password),
+        q(db)
+    )
+}
