@@ -137,7 +137,7 @@ impl Pool {
     /// connection (closed at checkin); other changes (sizes, timeouts) apply at once.
     pub fn update_settings(&self, new: PoolSettings) {
         let old = self.settings.load();
-        let retire = old.target != new.target || old.password_source != new.password_source;
+        let retire = old.target != new.target || old.password != new.password;
         self.settings.store(Arc::new(new));
         let stale = {
             let mut inner = self.lock();
