@@ -9,7 +9,7 @@ use super::connstring;
 use super::error::{At, ConfigError, Diagnostic};
 use super::general::General;
 use super::keys::{UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_USER_KEYS};
-use super::values::{parse_count, parse_u16};
+use super::values::{non_empty, parse_count, parse_u16};
 
 /// One `[databases]` line: where a client-facing database name leads.
 #[derive(Clone, PartialEq)]
@@ -142,13 +142,14 @@ pub(crate) fn parse_database(
         let invalid = |expected: String| {
             at.invalid_value(&format!("{key} of database \"{name}\""), &v, expected)
         };
-        let text = || Some(v.clone());
+        // Empty means unset, except for a password (an empty one is legal).
+        let text = || non_empty(&v);
         match key.as_str() {
-            "host" => db.host = (!v.is_empty()).then(|| v.clone()),
+            "host" => db.host = text(),
             "port" => db.port = parse_u16(&v).map_err(invalid)?,
             "dbname" => db.dbname = v.clone(),
             "user" => db.user = text(),
-            "password" => db.password = text(),
+            "password" => db.password = Some(v.clone()),
             "pool_size" => db.pool_size = Some(parse_count(&v).map_err(invalid)?),
             "min_pool_size" => db.min_pool_size = Some(parse_count(&v).map_err(invalid)?),
             "reserve_pool" | "reserve_pool_size" => {

@@ -149,8 +149,8 @@ pub(crate) enum Applied {
 }
 
 impl General {
-    /// Applies one setting. `key` must already be lower-cased; `ini_dir` is the
-    /// directory relative file paths are resolved against.
+    /// Applies one setting. `key` must already be lower-cased; relative file
+    /// paths are resolved against the directory of `ini_file` (the main file).
     pub(crate) fn apply(
         &mut self,
         key: &str,

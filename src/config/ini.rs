@@ -71,6 +71,8 @@ struct Parser {
 
 impl Parser {
     fn parse(&mut self, file: &Path, text: &str, depth: usize) -> Result<(), ConfigError> {
+        // Editors on Windows like to start files with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let trimmed = raw.trim();
@@ -222,6 +224,12 @@ mod tests {
             ]
         );
         assert!(matches!(&items[0], Item::Section(s) if s.name == "pgbouncer" && s.line == 2));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let items = parse_str(Path::new("a.ini"), "\u{feff}[pgbouncer]\nk = v\n").unwrap();
+        assert!(matches!(&items[0], Item::Section(s) if s.name == "pgbouncer"));
     }
 
     #[test]

@@ -44,7 +44,7 @@ use ini::Item;
 pub const ADMIN_DATABASES: &[&str] = &["pgbouncer", "pgberth"];
 
 /// A fully parsed and validated configuration snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The main ini file, as given to `load`.
     pub path: PathBuf,

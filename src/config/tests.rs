@@ -471,6 +471,10 @@ fn empty_values_unset_optional_settings() {
     assert_eq!(c.general.auth_user, None);
     assert_eq!(c.general.logfile, None);
     assert!(c.general.listen_addr.is_empty());
+    let (_dir, c) = load_ok("[databases]\nd = host='' user='' password=''\n");
+    let d = &c.databases["d"];
+    assert_eq!((d.host.as_deref(), d.user.as_deref()), (None, None));
+    assert_eq!(d.password.as_deref(), Some(""));
     let (_dir, c) = load_ok("[pgbouncer]\nlisten_addr = *\n");
     assert_eq!(c.general.listen_addr, vec!["*"]);
 }
