@@ -21,7 +21,9 @@ pub struct Buffer(Option<Box<[u8]>>);
 impl Buffer {
     pub fn take() -> Buffer {
         let reused = FREE.with(|f| f.borrow_mut().pop());
-        Buffer(Some(reused.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())))
+        Buffer(Some(
+            reused.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice()),
+        ))
     }
 }
 

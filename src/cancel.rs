@@ -39,7 +39,9 @@ pub struct CancelMap {
 
 impl CancelMap {
     fn shard(&self, pid: u32) -> std::sync::MutexGuard<'_, HashMap<u32, Entry>> {
-        self.shards[pid as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[pid as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Gives a new client a unique random key.
@@ -49,7 +51,13 @@ impl CancelMap {
             let secret: u32 = rand::random();
             let mut shard = self.shard(pid);
             if pid != 0 && !shard.contains_key(&pid) {
-                shard.insert(pid, Entry { secret, target: None });
+                shard.insert(
+                    pid,
+                    Entry {
+                        secret,
+                        target: None,
+                    },
+                );
                 return ClientKey { pid, secret };
             }
         }

@@ -1,10 +1,20 @@
 //! pgberth: a PostgreSQL connection pooler that reads PgBouncer's configuration.
 //!
-//! The binary in `main.rs` is a thin command-line layer over this library.
+//! The binary in `main.rs` is a thin command-line layer over this library; `process::run`
+//! is the pooler, `docs/LIFECYCLE.md` walks a connection through the modules.
 
+pub mod app;
 pub mod auth;
+pub mod buffer;
+pub mod cancel;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod listener;
+pub mod pool;
+pub mod process;
 pub mod protocol;
+pub mod relay;
+pub mod server;
 pub mod stream;

@@ -45,7 +45,10 @@ pub enum ServerPassword {
     /// A stored `md5…` secret: usable for md5 authentication only.
     Md5(String),
     /// SCRAM keys taken from a client's SCRAM exchange (pass-through).
-    ScramKeys { client_key: [u8; 32], server_key: [u8; 32] },
+    ScramKeys {
+        client_key: [u8; 32],
+        server_key: [u8; 32],
+    },
 }
 
 impl std::fmt::Debug for ServerPassword {
@@ -108,7 +111,10 @@ pub async fn open(target: &ServerTarget, timeout: Duration) -> Result<Stream, Se
     } else {
         tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| ServerConnectError::Timeout { addr: addr.clone(), after: timeout })?
+            .map_err(|_| ServerConnectError::Timeout {
+                addr: addr.clone(),
+                after: timeout,
+            })?
     };
     result.map_err(|source| ServerConnectError::Connect { addr, source })
 }
@@ -126,14 +132,26 @@ pub async fn connect(
     } else {
         tokio::time::timeout(timeout, login)
             .await
-            .map_err(|_| ServerConnectError::Timeout { addr: target.describe(), after: timeout })??
+            .map_err(|_| ServerConnectError::Timeout {
+                addr: target.describe(),
+                after: timeout,
+            })??
     };
-    Ok(LoggedIn { stream, backend_pid, backend_secret, params })
+    Ok(LoggedIn {
+        stream,
+        backend_pid,
+        backend_secret,
+        params,
+    })
 }
 
 type LoginResult = Result<(u32, u32, Vec<(String, String)>), ServerConnectError>;
 
-async fn login(stream: &mut Stream, target: &ServerTarget, password: &ServerPassword) -> LoginResult {
+async fn login(
+    stream: &mut Stream,
+    target: &ServerTarget,
+    password: &ServerPassword,
+) -> LoginResult {
     let mut out = Vec::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
     params.extend(target.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -158,9 +176,13 @@ async fn login(stream: &mut Stream, target: &ServerTarget, password: &ServerPass
                         let salt: [u8; 4] = body
                             .get(4..8)
                             .and_then(|s| s.try_into().ok())
-                            .ok_or_else(|| ServerConnectError::Protocol("short md5 request".into()))?;
+                            .ok_or_else(|| {
+                                ServerConnectError::Protocol("short md5 request".into())
+                            })?;
                         let response = match password {
-                            ServerPassword::Plain(p) => md5_response_from_password(&target.user, p, salt),
+                            ServerPassword::Plain(p) => {
+                                md5_response_from_password(&target.user, p, salt)
+                            }
                             ServerPassword::Md5(secret) => md5_response(secret, salt),
                             _ => return Err(ServerConnectError::NoPassword(target.user.clone())),
                         };
@@ -169,9 +191,13 @@ async fn login(stream: &mut Stream, target: &ServerTarget, password: &ServerPass
                     10 => {
                         let credential = match password {
                             ServerPassword::Plain(p) => ScramCredential::Password(p.clone()),
-                            ServerPassword::ScramKeys { client_key, server_key } => {
-                                ScramCredential::Keys { client_key: *client_key, server_key: *server_key }
-                            }
+                            ServerPassword::ScramKeys {
+                                client_key,
+                                server_key,
+                            } => ScramCredential::Keys {
+                                client_key: *client_key,
+                                server_key: *server_key,
+                            },
                             _ => return Err(ServerConnectError::NoPassword(target.user.clone())),
                         };
                         if !sasl_mechanisms(&body[4..]).any(|m| m == "SCRAM-SHA-256") {
@@ -213,9 +239,16 @@ async fn login(stream: &mut Stream, target: &ServerTarget, password: &ServerPass
                 key = (pid, secret);
             }
             backend::READY_FOR_QUERY => return Ok((key.0, key.1, server_params)),
-            backend::ERROR_RESPONSE => return Err(ServerConnectError::Refused(parse_error_fields(body))),
+            backend::ERROR_RESPONSE => {
+                return Err(ServerConnectError::Refused(parse_error_fields(body)));
+            }
             backend::NOTICE_RESPONSE => {}
-            other => return Err(ServerConnectError::Protocol(format!("unexpected message '{}' during login", other as char))),
+            other => {
+                return Err(ServerConnectError::Protocol(format!(
+                    "unexpected message '{}' during login",
+                    other as char
+                )));
+            }
         }
     }
 }
@@ -238,12 +271,18 @@ fn read_u32(body: &[u8]) -> Result<u32, ServerConnectError> {
 }
 
 fn sasl_mechanisms(body: &[u8]) -> impl Iterator<Item = &str> {
-    body.split(|&b| b == 0).filter(|m| !m.is_empty()).filter_map(|m| std::str::from_utf8(m).ok())
+    body.split(|&b| b == 0)
+        .filter(|m| !m.is_empty())
+        .filter_map(|m| std::str::from_utf8(m).ok())
 }
 
 /// Runs a simple query pgberth sends for itself (reset, health check) and waits for
 /// ReadyForQuery. Any error, or a status other than idle afterwards, is a failure.
-pub async fn run_internal_query(stream: &mut Stream, sql: &str, timeout: Duration) -> Result<(), ServerConnectError> {
+pub async fn run_internal_query(
+    stream: &mut Stream,
+    sql: &str,
+    timeout: Duration,
+) -> Result<(), ServerConnectError> {
     let work = async {
         let mut out = Vec::with_capacity(sql.len() + 6);
         build::query(&mut out, sql);
@@ -260,7 +299,9 @@ pub async fn run_internal_query(stream: &mut Stream, sql: &str, timeout: Duratio
                     }
                     return match TxStatus::from_byte(buf[5]) {
                         Some(TxStatus::Idle) => Ok(()),
-                        _ => Err(ServerConnectError::Protocol(format!("\"{sql}\" left a transaction open"))),
+                        _ => Err(ServerConnectError::Protocol(format!(
+                            "\"{sql}\" left a transaction open"
+                        ))),
                     };
                 }
                 _ => {}
@@ -270,22 +311,33 @@ pub async fn run_internal_query(stream: &mut Stream, sql: &str, timeout: Duratio
     if timeout.is_zero() {
         work.await
     } else {
-        tokio::time::timeout(timeout, work).await.map_err(|_| ServerConnectError::Timeout {
-            addr: "server".into(),
-            after: timeout,
-        })?
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ServerConnectError::Timeout {
+                addr: "server".into(),
+                after: timeout,
+            })?
     }
 }
 
 /// Sends a CancelRequest for a backend over a fresh connection.
-pub async fn send_cancel(target: &ServerTarget, pid: u32, secret: u32, timeout: Duration) -> Result<(), ServerConnectError> {
+pub async fn send_cancel(
+    target: &ServerTarget,
+    pid: u32,
+    secret: u32,
+    timeout: Duration,
+) -> Result<(), ServerConnectError> {
     let mut stream = open(target, timeout).await?;
     let mut out = Vec::with_capacity(16);
     build::cancel_request(&mut out, pid, secret);
     stream.write_all(&out).await?;
     // PostgreSQL closes the connection once it has read the request.
     let mut sink = [0u8; 1];
-    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stream, &mut sink)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
+    )
+    .await;
     Ok(())
 }
 

@@ -37,14 +37,21 @@ impl Stream {
     /// A printable description of the peer for logs.
     pub fn peer(&self) -> String {
         match self {
-            Stream::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into()),
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
             Stream::Unix(_) => "unix".into(),
         }
     }
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -53,7 +60,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -88,7 +99,11 @@ pub enum ReadError {
 
 impl ReadError {
     fn from_io(e: io::Error) -> ReadError {
-        if e.kind() == io::ErrorKind::UnexpectedEof { ReadError::Closed } else { ReadError::Io(e) }
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ReadError::Closed
+        } else {
+            ReadError::Io(e)
+        }
     }
 }
 
@@ -100,17 +115,27 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     max_len: usize,
 ) -> Result<u8, ReadError> {
     let mut header = [0u8; 5];
-    stream.read_exact(&mut header).await.map_err(ReadError::from_io)?;
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(ReadError::from_io)?;
     let (tag, total) = protocol::peek_header(&header).expect("five bytes");
     if total < 5 {
         return Err(FrameError::BadLength(total - 1).into());
     }
     if total > max_len {
-        return Err(FrameError::TooLong { len: total, max: max_len }.into());
+        return Err(FrameError::TooLong {
+            len: total,
+            max: max_len,
+        }
+        .into());
     }
     buf.clear();
     buf.extend_from_slice(&header);
     buf.resize(total, 0);
-    stream.read_exact(&mut buf[5..]).await.map_err(ReadError::from_io)?;
+    stream
+        .read_exact(&mut buf[5..])
+        .await
+        .map_err(ReadError::from_io)?;
     Ok(tag)
 }

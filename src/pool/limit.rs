@@ -28,7 +28,9 @@ impl Limit {
     pub fn try_acquire(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);
         self.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| (max == 0 || c < max).then_some(c + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (max == 0 || c < max).then_some(c + 1)
+            })
             .is_ok()
     }
 
@@ -44,7 +46,12 @@ impl Limit {
 
     /// The pools sharing this limit that still exist.
     pub fn members(&self) -> Vec<std::sync::Arc<Pool>> {
-        self.members.lock().unwrap().iter().filter_map(Weak::upgrade).collect()
+        self.members
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }
 

@@ -67,6 +67,7 @@ impl Drop for Slot {
 }
 
 /// What a waiting client is handed: a connection someone checked in, or room to open one.
+#[derive(Debug)]
 enum Grant {
     Conn(ServerConn),
     Slot(Slot),
@@ -116,7 +117,12 @@ pub struct PoolCounts {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, settings: PoolSettings, db_limit: Arc<Limit>, user_limit: Arc<Limit>) -> Arc<Pool> {
+    pub fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        db_limit: Arc<Limit>,
+        user_limit: Arc<Limit>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
             settings: ArcSwap::from_pointee(settings),
@@ -179,7 +185,10 @@ impl Pool {
         match &settings.password {
             ServerPassword::None => match self.lock().scram_keys {
                 Some((client_key, server_key)) if settings.scram_passthrough => {
-                    ServerPassword::ScramKeys { client_key, server_key }
+                    ServerPassword::ScramKeys {
+                        client_key,
+                        server_key,
+                    }
                 }
                 _ => ServerPassword::None,
             },
@@ -190,7 +199,12 @@ impl Pool {
     /// Takes a slot if the pool (plus the reserve, when allowed) and the shared database and
     /// user limits all have room.
     fn try_take_slot(&self, inner: &mut Inner, settings: &PoolSettings, use_reserve: bool) -> bool {
-        let max = settings.pool_size + if use_reserve { settings.reserve_pool } else { 0 };
+        let max = settings.pool_size
+            + if use_reserve {
+                settings.reserve_pool
+            } else {
+                0
+            };
         if inner.open >= max || !self.db_limit.try_acquire() {
             return false;
         }
@@ -231,7 +245,11 @@ impl Pool {
         }
         pool.db_limit.release();
         pool.user_limit.release();
-        let others = pool.db_limit.members().into_iter().chain(pool.user_limit.members());
+        let others = pool
+            .db_limit
+            .members()
+            .into_iter()
+            .chain(pool.user_limit.members());
         for other in others {
             if !Arc::ptr_eq(&other, pool) && other.grant_slot_to_waiter() {
                 break;
@@ -244,7 +262,9 @@ impl Pool {
         let settings = self.settings.load();
         let tx = {
             let mut inner = self.lock();
-            if !inner.waiters.iter().any(|w| !w.is_closed()) || !self.try_take_slot(&mut inner, &settings, false) {
+            if !inner.waiters.iter().any(|w| !w.is_closed())
+                || !self.try_take_slot(&mut inner, &settings, false)
+            {
                 return false;
             }
             Pool::pop_live_waiter(&mut inner).expect("a live waiter was just seen")
@@ -274,7 +294,9 @@ impl Pool {
                 }
                 match found {
                     Some(conn) => Ok(Grant::Conn(conn)),
-                    None if self.try_take_slot(&mut inner, &settings, false) => Ok(Grant::Slot(Slot { pool: self.clone() })),
+                    None if self.try_take_slot(&mut inner, &settings, false) => {
+                        Ok(Grant::Slot(Slot { pool: self.clone() }))
+                    }
                     None => {
                         let (tx, rx) = oneshot::channel();
                         inner.waiters.push_back(tx);
@@ -289,7 +311,9 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(mut conn) => {
-                    if conn.last_used.elapsed() >= settings.server_check_delay && !settings.server_check_query.is_empty() {
+                    if conn.last_used.elapsed() >= settings.server_check_delay
+                        && !settings.server_check_query.is_empty()
+                    {
                         let checked = server::run_internal_query(
                             &mut conn.stream,
                             &settings.server_check_query,
@@ -315,7 +339,8 @@ impl Pool {
         settings: &PoolSettings,
         started: Instant,
     ) -> Result<Grant, CheckoutError> {
-        let give_up = (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
+        let give_up =
+            (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
         if settings.reserve_pool > 0 {
             let reserve_at = started + settings.reserve_pool_timeout;
             let until = give_up.map_or(reserve_at, |g| g.min(reserve_at));
@@ -342,15 +367,21 @@ impl Pool {
             Ok(grant) => grant.map_err(|_| CheckoutError::Closed),
             Err(_) => {
                 rx.close();
-                rx.try_recv().map_err(|_| CheckoutError::WaitTimeout(settings.query_wait_timeout))
+                rx.try_recv()
+                    .map_err(|_| CheckoutError::WaitTimeout(settings.query_wait_timeout))
             }
         }
     }
 
-    async fn connect(self: &Arc<Pool>, slot: Slot, settings: &PoolSettings) -> Result<ServerConn, CheckoutError> {
+    async fn connect(
+        self: &Arc<Pool>,
+        slot: Slot,
+        settings: &PoolSettings,
+    ) -> Result<ServerConn, CheckoutError> {
         let generation = self.lock().generation;
         let password = self.server_password(settings);
-        let logged_in = server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
+        let logged_in =
+            server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
         let now = Instant::now();
         let id = ServerId(NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed));
         self.lock().params = Some(logged_in.params.into());

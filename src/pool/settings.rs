@@ -34,7 +34,11 @@ pub struct PoolSettings {
 /// Where a database line without `host` connects: the unix socket directory PostgreSQL uses
 /// on this system.
 fn default_socket_dir() -> String {
-    if std::path::Path::new("/var/run/postgresql").is_dir() { "/var/run/postgresql".into() } else { "/tmp".into() }
+    if std::path::Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql".into()
+    } else {
+        "/tmp".into()
+    }
 }
 
 impl PoolSettings {
@@ -45,7 +49,11 @@ impl PoolSettings {
         if let Some(name) = &db.application_name {
             params.push(("application_name".to_owned(), name.clone()));
         }
-        for (key, value) in [("client_encoding", &db.client_encoding), ("DateStyle", &db.datestyle), ("TimeZone", &db.timezone)] {
+        for (key, value) in [
+            ("client_encoding", &db.client_encoding),
+            ("DateStyle", &db.datestyle),
+            ("TimeZone", &db.timezone),
+        ] {
             if let Some(v) = value {
                 params.push((key.to_owned(), v.clone()));
             }
@@ -57,7 +65,10 @@ impl PoolSettings {
             user: server_user.to_owned(),
             params,
         };
-        let from_db_line = db.password.clone().filter(|_| db.user.as_deref() == Some(server_user));
+        let from_db_line = db
+            .password
+            .clone()
+            .filter(|_| db.user.as_deref() == Some(server_user));
         let (password, scram_passthrough) = match from_db_line {
             Some(p) => (ServerPassword::Plain(p), false),
             None => match config.userlist.get(server_user) {
@@ -96,7 +107,8 @@ impl PoolSettings {
     /// `server_lifetime`: a connection older than this is closed instead of reused; zero
     /// means a connection is used only once.
     pub fn lifetime_over(&self, conn: &ServerConn) -> bool {
-        self.server_lifetime.is_zero() || Instant::now().duration_since(conn.connected_at) >= self.server_lifetime
+        self.server_lifetime.is_zero()
+            || Instant::now().duration_since(conn.connected_at) >= self.server_lifetime
     }
 }
 
@@ -106,7 +118,10 @@ impl PartialEq for ServerPassword {
             (ServerPassword::None, ServerPassword::None) => true,
             (ServerPassword::Plain(a), ServerPassword::Plain(b)) => a == b,
             (ServerPassword::Md5(a), ServerPassword::Md5(b)) => a == b,
-            (ServerPassword::ScramKeys { client_key: a, .. }, ServerPassword::ScramKeys { client_key: b, .. }) => a == b,
+            (
+                ServerPassword::ScramKeys { client_key: a, .. },
+                ServerPassword::ScramKeys { client_key: b, .. },
+            ) => a == b,
             _ => false,
         }
     }

@@ -5,22 +5,35 @@ use super::read_cstr;
 
 /// A SQLSTATE code, as PostgreSQL itself would use it for the condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SqlState(pub &'static str);
+pub struct SqlState(pub [u8; 5]);
 
 impl SqlState {
-    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
-    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
-    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
-    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
-    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
-    pub const UNKNOWN_DATABASE: SqlState = SqlState("3D000");
-    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
-    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
-    pub const QUERY_CANCELED: SqlState = SqlState("57014");
-    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
-    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
-    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
-    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+    /// A code a server sent, if it has the form of a SQLSTATE (five ASCII letters or digits).
+    pub fn parse(code: &str) -> Option<SqlState> {
+        let bytes: [u8; 5] = code.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(SqlState(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("XX000")
+    }
+
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState(*b"08P01");
+    pub const CONNECTION_FAILURE: SqlState = SqlState(*b"08006");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState(*b"57P03");
+    pub const INVALID_PASSWORD: SqlState = SqlState(*b"28P01");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState(*b"28000");
+    pub const UNKNOWN_DATABASE: SqlState = SqlState(*b"3D000");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState(*b"53300");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState(*b"57P01");
+    pub const QUERY_CANCELED: SqlState = SqlState(*b"57014");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState(*b"0A000");
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState(*b"25P03");
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState(*b"57P05");
+    pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
 }
 
 /// Severity of an ErrorResponse: `FATAL` ends the connection, `ERROR` does not.
@@ -67,7 +80,7 @@ impl ErrorResponse {
         for (field, value) in [
             (b'S', sev),
             (b'V', sev),
-            (b'C', self.code.0),
+            (b'C', self.code.as_str()),
             (b'M', &self.message),
         ] {
             out.push(field);

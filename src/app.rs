@@ -1,0 +1,174 @@
+//! The shared state of one running pgberth: the config snapshot, the pools, the client count
+//! and the cancel map. Passed around as `Arc<App>`, so several instances can live in one
+//! process (tests). Touched at login, checkout and checkin, never per message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::cancel::CancelMap;
+use crate::config::{Config, Database};
+use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// SIGINT: no new clients; exit when the last one leaves.
+    Draining,
+    /// SIGTERM or fatal error: exit now.
+    Stopping,
+}
+
+#[derive(Debug)]
+pub struct App {
+    config: ArcSwap<Config>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    db_limits: Mutex<HashMap<String, Arc<Limit>>>,
+    user_limits: Mutex<HashMap<String, Arc<Limit>>>,
+    clients: AtomicUsize,
+    pub cancel: CancelMap,
+    state: watch::Sender<RunState>,
+}
+
+/// A connected client counted against `max_client_conn`; uncounted on drop.
+#[derive(Debug)]
+pub struct ClientSlot {
+    app: Arc<App>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if self.app.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.app.state.send_modify(|_| {});
+        }
+    }
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        Arc::new(App {
+            config: ArcSwap::from_pointee(config),
+            pools: Mutex::default(),
+            db_limits: Mutex::default(),
+            user_limits: Mutex::default(),
+            clients: AtomicUsize::new(0),
+            cancel: CancelMap::default(),
+            state: watch::channel(RunState::Running).0,
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Counts a new client; `Err` when `max_client_conn` clients are already connected. The
+    /// refused client still gets its slot object so the caller can report the error.
+    pub fn admit_client(self: &Arc<App>) -> (ClientSlot, bool) {
+        let max = self.config.load().general.max_client_conn as usize;
+        let before = self.clients.fetch_add(1, Ordering::AcqRel);
+        (ClientSlot { app: self.clone() }, before < max)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    pub fn run_state(&self) -> RunState {
+        *self.state.borrow()
+    }
+
+    pub fn set_run_state(&self, state: RunState) {
+        self.state.send_replace(state);
+    }
+
+    /// A receiver that sees run-state changes and client-count drops to zero.
+    pub fn watch_state(&self) -> watch::Receiver<RunState> {
+        self.state.subscribe()
+    }
+
+    fn limit(map: &Mutex<HashMap<String, Arc<Limit>>>, name: &str, max: usize) -> Arc<Limit> {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = map.entry(name.to_owned()).or_default().clone();
+        limit.set_max(max);
+        limit
+    }
+
+    /// The pool for `db` with server user `server_user`, created on first use.
+    pub fn pool(&self, db: &Database, server_user: &str) -> Arc<Pool> {
+        let key = PoolKey {
+            database: db.name.clone(),
+            user: server_user.to_owned(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(&key) {
+            return pool.clone();
+        }
+        let config = self.config.load();
+        let settings = PoolSettings::new(&config, db, server_user);
+        let db_limit = App::limit(&self.db_limits, &db.name, settings.max_db_connections);
+        let user_limit = App::limit(
+            &self.user_limits,
+            server_user,
+            settings.max_user_connections,
+        );
+        let pool = Pool::new(key.clone(), settings, db_limit, user_limit);
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Swaps in a new, already validated config. Pools keep their connections unless their
+    /// server target or password changed; pools of removed databases are closed.
+    pub fn reload(&self, new: Config) {
+        let new = Arc::new(new);
+        self.config.store(new.clone());
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|key, pool| match new.database(&key.database) {
+            Some(db) => {
+                let settings = PoolSettings::new(&new, &db, &key.user);
+                App::limit(&self.db_limits, &db.name, settings.max_db_connections);
+                App::limit(&self.user_limits, &key.user, settings.max_user_connections);
+                pool.update_settings(settings);
+                true
+            }
+            None => {
+                pool.close_idle();
+                false
+            }
+        });
+    }
+
+    /// Runs pool upkeep once a second until the process stops: idle and lifetime expiry, and
+    /// `min_pool_size`.
+    pub async fn maintenance(self: Arc<App>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for pool in self.pools() {
+                let missing = pool.maintain();
+                for _ in 0..missing {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pool.open_spare().await {
+                            tracing::warn!(database = %pool.key.database, user = %pool.key.user, "min_pool_size: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

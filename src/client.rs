@@ -1,0 +1,526 @@
+//! One client connection from accept to login: the startup packet (refusing TLS for now and
+//! answering cancel requests), the database lookup, authentication against the userlist, and
+//! the greeting (ParameterStatus, BackendKeyData, ReadyForQuery). Then the relay takes over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::app::{App, ClientSlot};
+use crate::auth::{ScramSecret, ScramServer, ScramVerifier, md5_secret, verify_md5_response};
+use crate::cancel::ClientKey;
+use crate::config::{AuthType, Config, Database, PoolMode, Secret};
+use crate::pool::{CheckoutError, Pool};
+use crate::protocol::startup::{self, StartupPacket, StartupParams};
+use crate::protocol::{ErrorResponse, MAX_PRE_AUTH_MESSAGE, SqlState, TxStatus, build, frontend};
+use crate::relay::Session;
+use crate::server::ServerConnectError;
+use crate::stream::{ReadError, Stream, read_message};
+
+/// Startup parameters PgBouncer passes on; any other is refused unless listed in
+/// `ignore_startup_parameters`.
+const TRACKED_PARAMETERS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// Why a login ended without a session; `Reported` errors were already sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{}", .0.message)]
+    Reported(ErrorResponse),
+    #[error("client went away during login: {0}")]
+    Gone(#[from] ReadError),
+    #[error("client went away during login: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cancel request handled")]
+    Cancel,
+    #[error("login timed out (client_login_timeout)")]
+    Timeout,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSlot) {
+    let peer = stream.peer();
+    let config = app.config();
+    let timeout = config.general.client_login_timeout;
+    let login = Box::pin(login(&app, &config, stream, admitted, &peer));
+    let result = if timeout.is_zero() {
+        login.await
+    } else {
+        tokio::time::timeout(timeout, login)
+            .await
+            .unwrap_or(Err(LoginError::Timeout))
+    };
+    match result {
+        Ok(session) => {
+            session.run().await;
+        }
+        Err(LoginError::Cancel) => {}
+        Err(LoginError::Reported(e)) if config.general.log_pooler_errors => {
+            tracing::warn!(peer = %peer, "login refused: {} ({})", e.message, e.code.as_str());
+        }
+        Err(e @ LoginError::Timeout) => tracing::info!(peer = %peer, "{e}"),
+        Err(e @ (LoginError::Gone(_) | LoginError::Io(_))) => tracing::debug!(peer = %peer, "{e}"),
+        Err(_) => {}
+    }
+    drop(slot);
+}
+
+async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
+    let _ = stream.write_all(&err.to_bytes()).await;
+    let _ = stream.shutdown().await;
+    LoginError::Reported(err)
+}
+
+/// Reads the startup packet, answering SSL/GSS requests with "no" until a StartupMessage or a
+/// CancelRequest arrives.
+async fn read_startup(app: &App, stream: &mut Stream) -> Result<StartupParams, LoginError> {
+    loop {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await?;
+        let len = match startup::startup_length(header) {
+            Ok(len) => len,
+            Err(e) => {
+                return Err(send_fatal(
+                    stream,
+                    ErrorResponse::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid startup packet: {e}"),
+                    ),
+                )
+                .await);
+            }
+        };
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        match startup::parse_startup(&body) {
+            Ok(StartupPacket::Startup(params)) => return Ok(params),
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+                stream.write_all(b"N").await?
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                forward_cancel(app, pid, secret).await;
+                return Err(LoginError::Cancel);
+            }
+            Err(startup::StartupError::UnsupportedProtocol { major, minor }) => {
+                let msg =
+                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0");
+                return Err(send_fatal(
+                    stream,
+                    ErrorResponse::fatal(SqlState::FEATURE_NOT_SUPPORTED, msg),
+                )
+                .await);
+            }
+            Err(e) => {
+                return Err(send_fatal(
+                    stream,
+                    ErrorResponse::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid startup packet: {e}"),
+                    ),
+                )
+                .await);
+            }
+        }
+    }
+}
+
+async fn forward_cancel(app: &App, pid: u32, secret: u32) {
+    let Some(target) = app.cancel.lookup(pid, secret) else {
+        tracing::debug!("cancel request for an unknown key or a client without a server, ignored");
+        return;
+    };
+    let settings = target.pool.settings();
+    let sent = crate::server::send_cancel(
+        &settings.target,
+        target.backend_pid,
+        target.backend_secret,
+        settings.server_connect_timeout,
+    )
+    .await;
+    if let Err(e) = sent {
+        tracing::warn!(database = %target.pool.key.database, "could not forward cancel request: {e}");
+    }
+}
+
+async fn login(
+    app: &Arc<App>,
+    config: &Config,
+    mut stream: Stream,
+    admitted: bool,
+    peer: &str,
+) -> Result<Session, LoginError> {
+    let params = read_startup(app, &mut stream).await?;
+    let fatal = |code, msg: String| ErrorResponse::fatal(code, msg);
+
+    if !admitted {
+        return Err(send_fatal(
+            &mut stream,
+            fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "no more connections allowed (max_client_conn)".into(),
+            ),
+        )
+        .await);
+    }
+    if app.run_state() != crate::app::RunState::Running {
+        return Err(send_fatal(
+            &mut stream,
+            fatal(SqlState::ADMIN_SHUTDOWN, "pgberth is shutting down".into()),
+        )
+        .await);
+    }
+    let Some(user) = params.user().filter(|u| !u.is_empty()).map(str::to_owned) else {
+        return Err(send_fatal(
+            &mut stream,
+            fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet".into(),
+            ),
+        )
+        .await);
+    };
+    let dbname = params.database().unwrap_or_default().to_owned();
+    for (key, _) in &params.params {
+        let allowed = matches!(key.as_str(), "user" | "database")
+            || TRACKED_PARAMETERS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(key))
+            || config
+                .general
+                .ignore_startup_parameters
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(key));
+        if !allowed {
+            let msg = format!(
+                "unsupported startup parameter: {key} (add it to ignore_startup_parameters to allow it)"
+            );
+            return Err(send_fatal(&mut stream, fatal(SqlState::PROTOCOL_VIOLATION, msg)).await);
+        }
+    }
+    let Some(db) = config.database(&dbname) else {
+        return Err(send_fatal(
+            &mut stream,
+            fatal(
+                SqlState::UNKNOWN_DATABASE,
+                format!("database \"{dbname}\" does not exist in pgberth's [databases]"),
+            ),
+        )
+        .await);
+    };
+    if config.general.log_connections {
+        tracing::info!(peer = %peer, database = %dbname, user = %user, "login attempt");
+    }
+
+    let server_user = match (&db.user, config.general.auth_type) {
+        (Some(forced), _) => forced.clone(),
+        (None, AuthType::Any) => {
+            let msg = format!("database \"{dbname}\" has no user= and auth_type is \"any\"");
+            return Err(send_fatal(&mut stream, fatal(SqlState::INVALID_AUTHORIZATION, msg)).await);
+        }
+        (None, _) => user.clone(),
+    };
+    let pool = app.pool(&db, &server_user);
+    let mut out = Vec::with_capacity(512);
+    authenticate(config, &mut stream, &user, &pool, &mut out).await?;
+
+    let mode = config.pool_mode_for(&db, &user);
+    let (server, server_params) = match greet_params(&pool, mode).await {
+        Ok(v) => v,
+        Err(e) => return Err(send_fatal(&mut stream, checkout_error(&db, e)).await),
+    };
+    let key: ClientKey = app.cancel.register();
+    build::auth_ok(&mut out);
+    for (name, value) in server_params.iter() {
+        let value = match name.as_str() {
+            "application_name" => params.get("application_name").unwrap_or(value),
+            _ => value,
+        };
+        build::parameter_status(&mut out, name, value);
+    }
+    build::backend_key_data(&mut out, key.pid, key.secret);
+    build::ready_for_query(&mut out, TxStatus::Idle);
+    if let Err(e) = stream.write_all(&out).await {
+        app.cancel.unregister(key);
+        return Err(e.into());
+    }
+    Ok(Session::new(
+        app.clone(),
+        stream,
+        pool,
+        mode,
+        server,
+        key,
+        user,
+        dbname,
+    ))
+}
+
+/// The ParameterStatus set to greet a client with: the pool's latest server login's. When no
+/// server has logged in yet, one is connected now; a session-mode client keeps it.
+async fn greet_params(
+    pool: &Arc<Pool>,
+    mode: PoolMode,
+) -> Result<(Option<crate::pool::ServerConn>, Arc<[(String, String)]>), CheckoutError> {
+    if mode != PoolMode::Session {
+        if let Some(params) = pool.server_params() {
+            return Ok((None, params));
+        }
+    }
+    let conn = pool.checkout().await?;
+    let params = pool
+        .server_params()
+        .unwrap_or_else(|| Arc::from(Vec::new()));
+    if mode == PoolMode::Session {
+        Ok((Some(conn), params))
+    } else {
+        Pool::checkin(conn);
+        Ok((None, params))
+    }
+}
+
+/// The error a client gets when no server connection could be had for it.
+pub fn checkout_error(db: &Database, e: CheckoutError) -> ErrorResponse {
+    match e {
+        CheckoutError::WaitTimeout(after) => ErrorResponse::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "query_wait_timeout: no server connection for database \"{}\" became free within {}s",
+                db.name,
+                after.as_secs_f64()
+            ),
+        ),
+        CheckoutError::Closed => {
+            ErrorResponse::fatal(SqlState::ADMIN_SHUTDOWN, "pgberth is shutting down")
+        }
+        CheckoutError::Connect(ServerConnectError::Refused(server)) => {
+            let code = SqlState::parse(&server.code).unwrap_or(SqlState::CONNECTION_FAILURE);
+            ErrorResponse::fatal(code, format!("server login failed: {}", server.message))
+        }
+        CheckoutError::Connect(e) => ErrorResponse::fatal(
+            SqlState::CONNECTION_FAILURE,
+            format!(
+                "pgberth cannot connect to server for database \"{}\": {e}",
+                db.name
+            ),
+        ),
+    }
+}
+
+fn wrong_password(user: &str) -> ErrorResponse {
+    ErrorResponse::fatal(
+        SqlState::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+/// Runs the auth exchange `auth_type` asks for. Unknown users go through the same exchange as
+/// known ones and get the same error.
+async fn authenticate(
+    config: &Config,
+    stream: &mut Stream,
+    user: &str,
+    pool: &Pool,
+    out: &mut Vec<u8>,
+) -> Result<(), LoginError> {
+    let secret = config.userlist.get(user).cloned();
+    match config.general.auth_type {
+        AuthType::Any => Ok(()),
+        AuthType::Trust => match secret {
+            Some(_) => Ok(()),
+            None => Err(send_fatal(
+                stream,
+                ErrorResponse::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    format!("no such user: \"{user}\""),
+                ),
+            )
+            .await),
+        },
+        AuthType::Plain => plain_auth(stream, user, secret.as_ref()).await,
+        AuthType::Md5 => match secret {
+            Some(Secret::Scram(_)) => scram_auth(stream, user, secret.as_ref(), pool).await,
+            _ => md5_auth(stream, user, secret.as_ref()).await,
+        },
+        AuthType::ScramSha256 => scram_auth(stream, user, secret.as_ref(), pool).await,
+        other => {
+            let msg = format!(
+                "auth_type \"{}\" is not supported by pgberth yet",
+                other.as_str()
+            );
+            out.clear();
+            Err(send_fatal(
+                stream,
+                ErrorResponse::fatal(SqlState::FEATURE_NOT_SUPPORTED, msg),
+            )
+            .await)
+        }
+    }
+}
+
+/// Reads the client's PasswordMessage (tag `p`), bounded before allocation.
+async fn read_password_message(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(), LoginError> {
+    match read_message(stream, buf, MAX_PRE_AUTH_MESSAGE).await {
+        Ok(frontend::PASSWORD) => Ok(()),
+        Ok(tag) => {
+            let msg = format!(
+                "expected password response, got message type '{}'",
+                tag as char
+            );
+            Err(send_fatal(
+                stream,
+                ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg),
+            )
+            .await)
+        }
+        Err(ReadError::Frame(e)) => Err(send_fatal(
+            stream,
+            ErrorResponse::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("invalid password packet: {e}"),
+            ),
+        )
+        .await),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cstr_body(buf: &[u8]) -> &str {
+    let body = &buf[5..];
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+async fn plain_auth(
+    stream: &mut Stream,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<(), LoginError> {
+    let mut out = Vec::new();
+    build::auth_cleartext(&mut out);
+    stream.write_all(&out).await?;
+    let mut buf = Vec::new();
+    read_password_message(stream, &mut buf).await?;
+    let given = cstr_body(&buf);
+    let ok = match secret {
+        Some(Secret::Plain(p)) => crate::auth::ct_eq(p.as_bytes(), given.as_bytes()),
+        Some(Secret::Md5(m)) => {
+            crate::auth::ct_eq(m.as_bytes(), md5_secret(user, given).as_bytes())
+        }
+        Some(Secret::Scram(s)) => ScramVerifier::parse(s)
+            .map(|v| ScramVerifier::from_password(given, &v.salt, v.iterations) == v)
+            .unwrap_or(false),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(send_fatal(stream, wrong_password(user)).await)
+    }
+}
+
+async fn md5_auth(
+    stream: &mut Stream,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<(), LoginError> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = Vec::new();
+    build::auth_md5(&mut out, salt);
+    stream.write_all(&out).await?;
+    let mut buf = Vec::new();
+    read_password_message(stream, &mut buf).await?;
+    let response = cstr_body(&buf);
+    let stored = match secret {
+        Some(Secret::Plain(p)) => Some(md5_secret(user, p)),
+        Some(Secret::Md5(m)) => Some(m.clone()),
+        _ => None,
+    };
+    match stored {
+        Some(stored) if verify_md5_response(&stored, salt, response) => Ok(()),
+        _ => Err(send_fatal(stream, wrong_password(user)).await),
+    }
+}
+
+async fn scram_auth(
+    stream: &mut Stream,
+    user: &str,
+    secret: Option<&Secret>,
+    pool: &Pool,
+) -> Result<(), LoginError> {
+    let scram_secret = match secret {
+        Some(Secret::Plain(p)) => Some(ScramSecret::Password(p.clone())),
+        Some(Secret::Scram(s)) => ScramVerifier::parse(s).map(ScramSecret::Verifier),
+        _ => None,
+    };
+    let from_verifier = matches!(scram_secret, Some(ScramSecret::Verifier(_)));
+    let mut server = ScramServer::new(user, scram_secret);
+    let mut out = Vec::new();
+    build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+    stream.write_all(&out).await?;
+
+    let mut buf = Vec::new();
+    read_password_message(stream, &mut buf).await?;
+    let initial = parse_sasl_initial(&buf[5..]);
+    let Some(("SCRAM-SHA-256", data)) = initial else {
+        let msg = "expected SASLInitialResponse for mechanism SCRAM-SHA-256".to_owned();
+        return Err(send_fatal(
+            stream,
+            ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg),
+        )
+        .await);
+    };
+    let server_first = match server.client_first(data) {
+        Ok(m) => m,
+        Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
+    };
+    out.clear();
+    build::auth_sasl_continue(&mut out, &server_first);
+    stream.write_all(&out).await?;
+
+    read_password_message(stream, &mut buf).await?;
+    let server_final = match server.client_final(&buf[5..]) {
+        Ok(m) => m,
+        Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
+    };
+    if from_verifier {
+        if let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier()) {
+            pool.set_scram_keys(client_key, verifier.server_key);
+        }
+    }
+    out.clear();
+    build::auth_sasl_final(&mut out, &server_final);
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+fn scram_error(user: &str, e: crate::auth::AuthError) -> ErrorResponse {
+    match e {
+        crate::auth::AuthError::WrongPassword => wrong_password(user),
+        other => ErrorResponse::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("malformed SCRAM message: {other}"),
+        ),
+    }
+}
+
+/// SASLInitialResponse body: mechanism name, then a length-prefixed (-1 = none) payload.
+fn parse_sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
+    let (mechanism, rest) = crate::protocol::read_cstr(body)?;
+    let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let data = &rest[4..];
+    if len < 0 {
+        return Some((mechanism, &[]));
+    }
+    (data.len() == len as usize).then_some((mechanism, data))
+}
+
+/// How long a client may take to log in, for callers that want it.
+pub fn login_timeout(config: &Config) -> Duration {
+    config.general.client_login_timeout
+}

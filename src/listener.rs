@@ -1,0 +1,181 @@
+//! Listening sockets: binding the TCP addresses and the unix socket from the config (before
+//! daemonizing and dropping privileges), and the accept loops that start one task per client.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::app::{App, RunState};
+use crate::config::General;
+use crate::stream::Stream;
+
+/// Sockets bound from the config, not yet attached to a runtime.
+#[derive(Debug)]
+pub struct Bound {
+    pub tcp: Vec<std::net::TcpListener>,
+    pub unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot resolve listen_addr \"{addr}\": {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("nothing to listen on: listen_addr is empty and unix_socket_dir is disabled")]
+    Nothing,
+}
+
+fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Binds every `listen_addr` (`*` = all IPv4 and IPv6 addresses) on `listen_port`, and the unix
+/// socket `.s.PGSQL.<port>` in `unix_socket_dir`.
+pub fn bind(general: &General) -> Result<Bound, ListenError> {
+    let mut tcp = Vec::new();
+    for addr in &general.listen_addr {
+        let addrs: Vec<SocketAddr> = if addr == "*" {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], general.listen_port)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, general.listen_port)),
+            ]
+        } else {
+            (addr.as_str(), general.listen_port)
+                .to_socket_addrs()
+                .map_err(|source| ListenError::Resolve {
+                    addr: addr.clone(),
+                    source,
+                })?
+                .collect()
+        };
+        for a in addrs {
+            match bind_tcp(a, general.so_reuseport) {
+                Ok(l) => tcp.push(l),
+                // IPv6 may be unavailable on the machine: "*" then means IPv4 only.
+                Err(_) if addr == "*" && a.is_ipv6() => {}
+                Err(source) => {
+                    return Err(ListenError::Bind {
+                        addr: a.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let unix = match &general.unix_socket_dir {
+        Some(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", general.listen_port));
+            let bind_err = |source| ListenError::Bind {
+                addr: path.display().to_string(),
+                source,
+            };
+            // A socket file left behind by a process that is gone is removed; a live one is not.
+            if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let listener = std::os::unix::net::UnixListener::bind(&path).map_err(bind_err)?;
+            std::fs::set_permissions(
+                &path,
+                std::fs::Permissions::from_mode(general.unix_socket_mode),
+            )
+            .map_err(|source| ListenError::Bind {
+                addr: path.display().to_string(),
+                source,
+            })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| ListenError::Bind {
+                    addr: path.display().to_string(),
+                    source,
+                })?;
+            Some((listener, path))
+        }
+        None => None,
+    };
+    if tcp.is_empty() && unix.is_none() {
+        return Err(ListenError::Nothing);
+    }
+    Ok(Bound { tcp, unix })
+}
+
+fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool) {
+    let _ = stream.set_nodelay(true);
+    if keepalive {
+        let sock = socket2::SockRef::from(stream);
+        let _ = sock.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(7200)));
+    }
+}
+
+fn start_client(app: &Arc<App>, stream: Stream) {
+    let (slot, admitted) = app.admit_client();
+    tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
+}
+
+/// Accepts TCP clients until the process stops accepting.
+pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
+    let mut state = app.watch_state();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tune_client_socket(&stream, app.config().general.tcp_keepalive);
+                    start_client(&app, Stream::Tcp(stream));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            _ = state.changed() => {
+                if *state.borrow_and_update() != RunState::Running {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Accepts unix-socket clients until the process stops accepting; then removes the socket file.
+pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
+    let mut state = app.watch_state();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => start_client(&app, Stream::Unix(stream)),
+                Err(e) => accept_failed(e).await,
+            },
+            _ = state.changed() => {
+                if *state.borrow_and_update() != RunState::Running {
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Out of file descriptors and similar: log, back off briefly, keep accepting.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

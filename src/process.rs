@@ -1,0 +1,315 @@
+//! The running process: logging, daemonizing, the pidfile, dropping privileges, the tokio
+//! runtime, and signals (SIGHUP reload, SIGINT drain, SIGTERM stop).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::prelude::*;
+
+use crate::app::{App, RunState};
+use crate::config::{Config, ConfigError};
+use crate::listener::{self, Bound, ListenError};
+
+/// Command-line options of the pooler itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub daemonize: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot open logfile {path}: {source}")]
+    Logfile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write pidfile {path}: {source}")]
+    Pidfile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pidfile {0} names a running process: is pgberth already running?")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot switch to user \"{user}\": {reason}")]
+    User { user: String, reason: String },
+    #[error("cannot daemonize: {0}")]
+    Daemonize(std::io::Error),
+    #[error("-d needs a logfile (or syslog) to log to: set logfile in [pgbouncer]")]
+    DaemonWithoutLog,
+    #[error("auth_type \"{0}\" is not supported by pgberth yet")]
+    UnsupportedAuth(&'static str),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Loads and checks a config the way start-up does, including settings this build refuses.
+pub fn load_config(path: &Path) -> Result<Config, RunError> {
+    let config = Config::load(path)?;
+    use crate::config::AuthType;
+    if let a @ (AuthType::Cert | AuthType::Hba | AuthType::Pam) = config.general.auth_type {
+        return Err(RunError::UnsupportedAuth(a.as_str()));
+    }
+    Ok(config)
+}
+
+/// Runs the pooler until it is told to stop. Blocks.
+pub fn run(options: RunOptions) -> Result<(), RunError> {
+    let config = load_config(&options.config_path)?;
+    let bound = listener::bind(&config.general)?;
+    if let Some(user) = options.user.clone().or(config.general.user.clone()) {
+        switch_user(&user)?;
+    }
+    if options.daemonize && config.general.logfile.is_none() {
+        return Err(RunError::DaemonWithoutLog);
+    }
+    if let Some(pidfile) = &config.general.pidfile {
+        check_pidfile(pidfile)?;
+    }
+    if options.daemonize {
+        daemonize()?;
+    }
+    init_logging(&config, &options)?;
+    if let Some(pidfile) = &config.general.pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id())).map_err(|source| {
+            RunError::Pidfile {
+                path: pidfile.clone(),
+                source,
+            }
+        })?;
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let workers = match config.general.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let pidfile = config.general.pidfile.clone();
+    let result = runtime.block_on(serve(options.config_path.clone(), config, bound));
+    runtime.shutdown_background();
+    if let Some(pidfile) = pidfile {
+        let _ = std::fs::remove_file(pidfile);
+    }
+    result
+}
+
+/// Serves clients from already bound sockets until SIGTERM, or SIGINT and the last client
+/// leaving.
+async fn serve(config_path: PathBuf, config: Config, bound: Bound) -> Result<(), RunError> {
+    let app = App::new(config);
+    let mut unix_path = None;
+    for l in bound.tcp {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Runtime)?;
+        tracing::info!("listening on {addr}");
+        tokio::spawn(listener::accept_tcp(app.clone(), l));
+    }
+    if let Some((l, path)) = bound.unix {
+        let l = tokio::net::UnixListener::from_std(l).map_err(RunError::Runtime)?;
+        tracing::info!("listening on unix:{}", path.display());
+        unix_path = Some(path.clone());
+        tokio::spawn(listener::accept_unix(app.clone(), l, path));
+    }
+    tokio::spawn(app.clone().maintenance());
+
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
+    let mut state = app.watch_state();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&app, &config_path),
+            _ = int.recv() => {
+                tracing::info!("SIGINT: no new clients; exiting when the last of {} clients leaves", app.client_count());
+                app.set_run_state(RunState::Draining);
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: exiting now");
+                app.set_run_state(RunState::Stopping);
+                break;
+            }
+            _ = state.changed() => {}
+        }
+        if app.run_state() == RunState::Draining && app.client_count() == 0 {
+            tracing::info!("last client left; exiting");
+            break;
+        }
+    }
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// SIGHUP: re-reads the config; a config with errors is refused and the old one stays.
+pub fn reload(app: &App, path: &Path) {
+    match load_config(path) {
+        Ok(new) => {
+            for warning in &new.warnings {
+                tracing::warn!("{warning}");
+            }
+            let old = app.config();
+            if old.general.listen_addr != new.general.listen_addr
+                || old.general.listen_port != new.general.listen_port
+                || old.general.unix_socket_dir != new.general.unix_socket_dir
+            {
+                tracing::warn!(
+                    "listen_addr, listen_port and unix_socket_dir take effect only at restart"
+                );
+            }
+            app.reload(new);
+            tracing::info!("configuration reloaded from {}", path.display());
+        }
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+}
+
+fn check_pidfile(path: &Path) -> Result<(), RunError> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
+                return Err(RunError::AlreadyRunning(path.to_path_buf()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forks into the background: the parent exits, the child starts a new session with its
+/// standard streams on /dev/null. Called before any thread exists.
+fn daemonize() -> Result<(), RunError> {
+    // SAFETY: the process is single-threaded here (no runtime yet), so fork is sound.
+    unsafe {
+        match libc::fork() {
+            -1 => return Err(RunError::Daemonize(std::io::Error::last_os_error())),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        if libc::setsid() == -1 {
+            return Err(RunError::Daemonize(std::io::Error::last_os_error()));
+        }
+        let devnull = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(RunError::Daemonize)?;
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            libc::dup2(devnull.as_raw_fd(), fd);
+        }
+    }
+    Ok(())
+}
+
+fn switch_user(user: &str) -> Result<(), RunError> {
+    let err = |reason: String| RunError::User {
+        user: user.to_owned(),
+        reason,
+    };
+    let name = std::ffi::CString::new(user).map_err(|_| err("invalid name".into()))?;
+    // SAFETY: getpwnam returns a pointer into static storage, read immediately.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(err("no such user".into()));
+    }
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    // SAFETY: plain system calls on the current process.
+    unsafe {
+        if libc::getuid() == uid {
+            return Ok(());
+        }
+        if libc::initgroups(name.as_ptr(), gid) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(err(std::io::Error::last_os_error().to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config, options: &RunOptions) -> Result<(), RunError> {
+    let level = match options.verbose {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    let stderr = (!options.quiet && !options.daemonize).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+    });
+    let file = match &config.general.logfile {
+        Some(path) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| RunError::Logfile {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(Mutex::new(f))
+                    .with_ansi(false)
+                    .with_target(false),
+            )
+        }
+        None => None,
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init();
+    Ok(())
+}
+
+/// Prints the result of `pgberth check`: warnings and the error, with file:line. Returns
+/// whether the config is usable.
+pub fn check(path: &Path, out: &mut impl Write) -> bool {
+    match load_config(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                let _ = writeln!(out, "warning: {w}");
+            }
+            let _ = writeln!(
+                out,
+                "{}: OK ({} databases{}, {} users in auth_file, {} warnings)",
+                path.display(),
+                config.databases.len(),
+                if config.fallback_database.is_some() {
+                    " and a * fallback"
+                } else {
+                    ""
+                },
+                config.userlist.len(),
+                config.warnings.len()
+            );
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! The relay: moves bytes between a client and the server connection it holds, in one task,
+//! and decides when a transaction (or statement) is over so the connection can go back to its
+//! pool. Only message headers are read; bytes are forwarded as they arrive, with one read and
+//! one write per chunk in each direction. An idle client holds no buffer.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::app::App;
+use crate::buffer::Buffer;
+use crate::cancel::{CancelTarget, ClientKey};
+use crate::config::PoolMode;
+use crate::pool::{Pool, ServerConn};
+use crate::protocol::scan::Scanner;
+use crate::protocol::{ErrorResponse, FrameError, SqlState, TxStatus, backend, frontend};
+use crate::stream::Stream;
+
+/// A logged-in client.
+#[derive(Debug)]
+pub struct Session {
+    app: Arc<App>,
+    client: Stream,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    server: Option<ServerConn>,
+    /// Transaction status of the held server connection at the last ReadyForQuery.
+    status: TxStatus,
+    key: ClientKey,
+    user: Box<str>,
+    database: Box<str>,
+}
+
+/// How a stretch of relaying ended.
+#[derive(Debug)]
+enum Outcome {
+    /// The transaction (statement, in statement mode) is over and nothing is in flight.
+    Done,
+    /// The client closed or sent Terminate. `clean`: the server is between transactions with
+    /// nothing in flight.
+    ClientLeft {
+        clean: bool,
+    },
+    ServerLost(io::Error),
+    ClientProtocol(FrameError),
+    ServerProtocol(FrameError),
+    /// Statement mode, and the client opened a transaction block.
+    TransactionInStatementMode,
+    QueryTimeout,
+    IdleTransactionTimeout,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        app: Arc<App>,
+        client: Stream,
+        pool: Arc<Pool>,
+        mode: PoolMode,
+        server: Option<ServerConn>,
+        key: ClientKey,
+        user: String,
+        database: String,
+    ) -> Session {
+        let session = Session {
+            app,
+            client,
+            pool,
+            mode,
+            server: None,
+            status: TxStatus::Idle,
+            key,
+            user: user.into(),
+            database: database.into(),
+        };
+        let mut session = session;
+        if let Some(conn) = server {
+            session.hold(conn);
+        }
+        session
+    }
+
+    fn hold(&mut self, conn: ServerConn) {
+        self.app.cancel.set_target(
+            self.key,
+            Some(CancelTarget {
+                pool: conn.pool().clone(),
+                backend_pid: conn.backend_pid,
+                backend_secret: conn.backend_secret,
+            }),
+        );
+        self.status = TxStatus::Idle;
+        self.server = Some(conn);
+    }
+
+    /// Gives the server connection back to the pool; its state must be known idle.
+    fn release(&mut self) {
+        self.app.cancel.set_target(self.key, None);
+        if let Some(conn) = self.server.take() {
+            Pool::checkin(conn);
+        }
+    }
+
+    /// Closes the server connection: its state is unknown or broken.
+    fn discard_server(&mut self) {
+        self.app.cancel.set_target(self.key, None);
+        self.server = None;
+    }
+
+    /// Relays until the client leaves, then cleans up.
+    pub async fn run(mut self) {
+        let reason = self.relay_until_done().await;
+        match self.server.take() {
+            Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
+                self.app.cancel.set_target(self.key, None);
+                self.finish_clean(conn).await;
+            }
+            other => {
+                self.app.cancel.set_target(self.key, None);
+                drop(other);
+            }
+        }
+        self.app.cancel.unregister(self.key);
+        let config = self.app.config();
+        match reason {
+            Some(err) => {
+                if config.general.log_pooler_errors {
+                    tracing::warn!(database = %self.database, user = %self.user, "closing client: {}", err.message);
+                }
+                let _ = self.client.write_all(&err.to_bytes()).await;
+            }
+            None if config.general.log_disconnections => {
+                tracing::info!(database = %self.database, user = %self.user, "client closed the connection");
+            }
+            None => {}
+        }
+        let _ = self.client.shutdown().await;
+    }
+
+    /// A client left with its server connection idle: reset it if the mode asks for it, and
+    /// check it in.
+    async fn finish_clean(&mut self, mut conn: ServerConn) {
+        let settings = self.pool.settings();
+        let reset = self.mode == PoolMode::Session || settings.server_reset_query_always;
+        if reset && !settings.server_reset_query.is_empty() {
+            let result = crate::server::run_internal_query(
+                &mut conn.stream,
+                &settings.server_reset_query,
+                settings.server_connect_timeout,
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::info!(database = %self.database, user = %self.user, "closing server connection: server_reset_query failed: {e}");
+                return;
+            }
+        }
+        Pool::checkin(conn);
+    }
+
+    /// Returns `None` when the client left normally, or the error to send it before closing.
+    async fn relay_until_done(&mut self) -> Option<ErrorResponse> {
+        let general = self.app.config().general.clone();
+        loop {
+            // Idle: no bytes in flight, no buffer held.
+            let woke = wait_idle(
+                &self.client,
+                self.server.as_ref(),
+                general.client_idle_timeout,
+            )
+            .await;
+            if let Err(e) = woke {
+                return e;
+            }
+            let mut pump = Pump::new(self.status);
+            if self.server.is_none() {
+                match pump.read_client_now(&self.client) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(Outcome::ClientLeft { .. }) => return None,
+                    Err(Outcome::ClientProtocol(e)) => return Some(protocol_error(e)),
+                    Err(_) => return None,
+                }
+                if pump.client_done && pump.clen == 0 {
+                    return None;
+                }
+                match self.pool.checkout().await {
+                    Ok(conn) => self.hold(conn),
+                    Err(e) => {
+                        let db = self.app.config().database(&self.database);
+                        return Some(match db {
+                            Some(db) => crate::client::checkout_error(&db, e),
+                            None => ErrorResponse::fatal(
+                                SqlState::UNKNOWN_DATABASE,
+                                format!("database \"{}\" was removed", self.database),
+                            ),
+                        });
+                    }
+                }
+            }
+            let timers = Timers::new(&general);
+            let outcome = {
+                let server = self.server.as_mut().expect("server held");
+                pump.run(&mut self.client, &mut server.stream, self.mode, timers)
+                    .await
+            };
+            self.status = pump.status;
+            match outcome {
+                Outcome::Done => {
+                    if self.mode != PoolMode::Session {
+                        self.release();
+                    }
+                }
+                Outcome::ClientLeft { clean } => {
+                    if !clean {
+                        self.discard_server();
+                    }
+                    return None;
+                }
+                Outcome::ServerLost(e) => {
+                    self.discard_server();
+                    return Some(ErrorResponse::fatal(
+                        SqlState::CONNECTION_FAILURE,
+                        format!(
+                            "server connection for database \"{}\" was lost: {e}",
+                            self.database
+                        ),
+                    ));
+                }
+                Outcome::ClientProtocol(e) => {
+                    self.discard_server();
+                    return Some(protocol_error(e));
+                }
+                Outcome::ServerProtocol(e) => {
+                    self.discard_server();
+                    return Some(ErrorResponse::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("server sent an invalid message: {e}"),
+                    ));
+                }
+                Outcome::TransactionInStatementMode => {
+                    self.discard_server();
+                    return Some(ErrorResponse::fatal(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "transaction blocks are not allowed in statement pooling mode",
+                    ));
+                }
+                Outcome::QueryTimeout => {
+                    self.discard_server();
+                    return Some(ErrorResponse::fatal(
+                        SqlState::QUERY_CANCELED,
+                        "query_timeout: the query ran too long; connection closed",
+                    ));
+                }
+                Outcome::IdleTransactionTimeout => {
+                    self.discard_server();
+                    return Some(ErrorResponse::fatal(
+                        SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "idle_transaction_timeout: the transaction was idle too long; connection closed",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn protocol_error(e: FrameError) -> ErrorResponse {
+    ErrorResponse::fatal(
+        SqlState::PROTOCOL_VIOLATION,
+        format!("invalid message from client: {e}"),
+    )
+}
+
+/// Waits, holding no buffer, until the client (or the held server, in session mode) has bytes.
+/// `Err(None)` when the client is gone, `Err(Some(_))` on client_idle_timeout.
+async fn wait_idle(
+    client: &Stream,
+    server: Option<&ServerConn>,
+    idle_timeout: Duration,
+) -> Result<(), Option<ErrorResponse>> {
+    let readable = async {
+        match server {
+            Some(conn) => tokio::select! {
+                r = client.readable() => r,
+                r = conn.stream.readable() => r,
+            },
+            None => client.readable().await,
+        }
+    };
+    let result = if idle_timeout.is_zero() || server.is_some() {
+        readable.await
+    } else {
+        match tokio::time::timeout(idle_timeout, readable).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Some(ErrorResponse::fatal(
+                    SqlState::IDLE_SESSION_TIMEOUT,
+                    "client_idle_timeout: the client was idle too long; connection closed",
+                )));
+            }
+        }
+    };
+    result.map_err(|_| None)
+}
+
+/// The timeouts that apply while a server connection is held.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    query_timeout: Duration,
+    idle_transaction_timeout: Duration,
+}
+
+impl Timers {
+    fn new(general: &crate::config::General) -> Timers {
+        Timers {
+            query_timeout: general.query_timeout,
+            idle_transaction_timeout: general.idle_transaction_timeout,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.query_timeout.is_zero() || !self.idle_transaction_timeout.is_zero()
+    }
+}
+
+/// Largest message a client may send after login (PgBouncer's max_packet_size default).
+const MAX_CLIENT_MESSAGE: usize = i32::MAX as usize;
+const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
+
+/// The two buffers and the protocol bookkeeping of one stretch of relaying.
+struct Pump {
+    cbuf: Buffer,
+    clen: usize,
+    coff: usize,
+    sbuf: Buffer,
+    slen: usize,
+    soff: usize,
+    cscan: Scanner,
+    sscan: Scanner,
+    /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
+    pending: u32,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    /// The client sent Terminate (stripped, never forwarded).
+    client_done: bool,
+    /// A Terminate that began in an earlier chunk was partly forwarded: the server is unusable.
+    torn_terminate: bool,
+    status: TxStatus,
+    /// When bytes last moved (kept only when timers are enabled).
+    client_active: Instant,
+    server_active: Instant,
+}
+
+impl Pump {
+    fn new(status: TxStatus) -> Pump {
+        let now = Instant::now();
+        Pump {
+            cbuf: Buffer::take(),
+            clen: 0,
+            coff: 0,
+            sbuf: Buffer::take(),
+            slen: 0,
+            soff: 0,
+            cscan: Scanner::new(),
+            sscan: Scanner::new(),
+            pending: 0,
+            unsynced: false,
+            client_done: false,
+            torn_terminate: false,
+            status,
+            client_active: now,
+            server_active: now,
+        }
+    }
+
+    /// Reads what the client has sent without waiting; `Ok(false)` when nothing was there.
+    fn read_client_now(&mut self, client: &Stream) -> Result<bool, Outcome> {
+        match client.try_read(&mut self.cbuf) {
+            Ok(0) => Err(Outcome::ClientLeft { clean: true }),
+            Ok(n) => {
+                self.client_bytes(n)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(_) => Err(Outcome::ClientLeft { clean: true }),
+        }
+    }
+
+    /// Scans `n` bytes the client sent into `cbuf`, counting what needs an answer and cutting
+    /// off a Terminate.
+    fn client_bytes(&mut self, n: usize) -> Result<(), Outcome> {
+        let mut cut = None;
+        let (pending, unsynced, torn) = (
+            &mut self.pending,
+            &mut self.unsynced,
+            &mut self.torn_terminate,
+        );
+        self.cscan
+            .feed(&self.cbuf[..n], MAX_CLIENT_MESSAGE, |m| match m.tag {
+                frontend::QUERY | frontend::FUNCTION_CALL => *pending += 1,
+                frontend::SYNC => {
+                    *pending += 1;
+                    *unsynced = false;
+                }
+                frontend::TERMINATE => {
+                    if cut.is_none() {
+                        match m.start {
+                            Some(start) => cut = Some(start),
+                            None => {
+                                *torn = true;
+                                cut = Some(0);
+                            }
+                        }
+                    }
+                }
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::CLOSE
+                | frontend::FLUSH => *unsynced = true,
+                _ => {}
+            })
+            .map_err(Outcome::ClientProtocol)?;
+        self.coff = 0;
+        self.clen = n;
+        if let Some(cut) = cut {
+            self.clen = cut;
+            self.client_done = true;
+        }
+        Ok(())
+    }
+
+    fn server_bytes(&mut self, n: usize) -> Result<(), Outcome> {
+        let (pending, status) = (&mut self.pending, &mut self.status);
+        self.sscan
+            .feed(&self.sbuf[..n], MAX_SERVER_MESSAGE, |m| {
+                if m.tag == backend::READY_FOR_QUERY {
+                    *pending = pending.saturating_sub(1);
+                    *status = TxStatus::from_byte(m.first_byte).unwrap_or(TxStatus::Failed);
+                }
+            })
+            .map_err(Outcome::ServerProtocol)?;
+        self.soff = 0;
+        self.slen = n;
+        Ok(())
+    }
+
+    /// Nothing in flight in either direction and the server between transactions.
+    fn quiet(&self) -> bool {
+        self.pending == 0
+            && !self.unsynced
+            && self.coff == self.clen
+            && self.soff == self.slen
+            && self.cscan.at_boundary()
+            && self.sscan.at_boundary()
+    }
+
+    fn client_left(&self) -> Outcome {
+        Outcome::ClientLeft {
+            clean: !self.torn_terminate && self.quiet() && self.status == TxStatus::Idle,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        client: &mut Stream,
+        server: &mut Stream,
+        mode: PoolMode,
+        timers: Timers,
+    ) -> Outcome {
+        if !timers.enabled() {
+            return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
+        }
+        loop {
+            let deadline = self.deadline(timers);
+            let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true));
+            match deadline {
+                None => return relay.await,
+                Some((at, _)) => {
+                    if let Ok(outcome) = tokio::time::timeout_at(at.into(), relay).await {
+                        return outcome;
+                    }
+                    if let Some((at, outcome)) = self.deadline(timers) {
+                        if at <= Instant::now() {
+                            return outcome;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next timeout that could end this stretch, and what it would mean.
+    fn deadline(&self, timers: Timers) -> Option<(Instant, Outcome)> {
+        if self.pending > 0 && !timers.query_timeout.is_zero() {
+            return Some((
+                self.server_active + timers.query_timeout,
+                Outcome::QueryTimeout,
+            ));
+        }
+        if self.pending == 0
+            && self.status != TxStatus::Idle
+            && !timers.idle_transaction_timeout.is_zero()
+        {
+            return Some((
+                self.client_active + timers.idle_transaction_timeout,
+                Outcome::IdleTransactionTimeout,
+            ));
+        }
+        None
+    }
+
+    /// Moves bytes both ways until something ends the stretch. Every step is a single
+    /// non-blocking read or write, so this is safe to drop and poll again at any time.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Stream,
+        server: &mut Stream,
+        mode: PoolMode,
+        timed: bool,
+    ) -> Poll<Outcome> {
+        loop {
+            let mut progress = false;
+            // Client → server.
+            if self.coff == self.clen && !self.client_done {
+                let mut rb = ReadBuf::new(&mut self.cbuf);
+                match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            return Poll::Ready(self.client_left());
+                        }
+                        if let Err(outcome) = self.client_bytes(n) {
+                            return Poll::Ready(outcome);
+                        }
+                        if timed {
+                            self.client_active = Instant::now();
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientLeft { clean: false });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.coff < self.clen {
+                match Pin::new(&mut *server).poll_write(cx, &self.cbuf[self.coff..self.clen]) {
+                    Poll::Ready(Ok(n)) => {
+                        self.coff += n;
+                        progress = true;
+                        if timed && self.pending > 0 && self.coff == self.clen {
+                            self.server_active = Instant::now();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerLost(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.client_done && self.coff == self.clen {
+                if self.pending == 0 || self.torn_terminate {
+                    return Poll::Ready(self.client_left());
+                }
+                // Let the answers to what was sent before Terminate drain first.
+            }
+            // Server → client.
+            if self.soff == self.slen {
+                let mut rb = ReadBuf::new(&mut self.sbuf);
+                match Pin::new(&mut *server).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            return Poll::Ready(Outcome::ServerLost(
+                                io::ErrorKind::UnexpectedEof.into(),
+                            ));
+                        }
+                        if let Err(outcome) = self.server_bytes(n) {
+                            return Poll::Ready(outcome);
+                        }
+                        if timed {
+                            self.server_active = Instant::now();
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerLost(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.soff < self.slen {
+                match Pin::new(&mut *client).poll_write(cx, &self.sbuf[self.soff..self.slen]) {
+                    Poll::Ready(Ok(n)) => {
+                        self.soff += n;
+                        progress = true;
+                        if self.soff == self.slen && self.quiet() {
+                            if self.client_done {
+                                return Poll::Ready(self.client_left());
+                            }
+                            match (mode, self.status) {
+                                (
+                                    PoolMode::Statement,
+                                    TxStatus::InTransaction | TxStatus::Failed,
+                                ) => {
+                                    return Poll::Ready(Outcome::TransactionInStatementMode);
+                                }
+                                (PoolMode::Session, _) | (_, TxStatus::Idle) => {
+                                    return Poll::Ready(Outcome::Done);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientLeft { clean: false });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
