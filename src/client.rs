@@ -325,6 +325,16 @@ pub fn checkout_error(db: &Database, e: CheckoutError) -> ErrorResponse {
         CheckoutError::Closed => {
             ErrorResponse::fatal(SqlState::ADMIN_SHUTDOWN, "pgberth is shutting down")
         }
+        CheckoutError::LoginRetry { message, code } => {
+            let code = code
+                .as_deref()
+                .and_then(SqlState::parse)
+                .unwrap_or(SqlState::CONNECTION_FAILURE);
+            let msg = format!(
+                "server login has been failing, try again later (server_login_retry): {message}"
+            );
+            ErrorResponse::fatal(code, msg)
+        }
         CheckoutError::Connect(ServerConnectError::Refused(server)) => {
             let code = SqlState::parse(&server.code).unwrap_or(SqlState::CONNECTION_FAILURE);
             ErrorResponse::fatal(code, format!("server login failed: {}", server.message))
@@ -529,10 +539,7 @@ async fn scram_auth(
 fn scram_error(user: &str, e: crate::auth::AuthError) -> ErrorResponse {
     match e {
         crate::auth::AuthError::WrongPassword => wrong_password(user),
-        other => ErrorResponse::fatal(
-            SqlState::PROTOCOL_VIOLATION,
-            format!("malformed SCRAM message: {other}"),
-        ),
+        other => ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, other.to_string()),
     }
 }
 

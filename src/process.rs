@@ -132,16 +132,31 @@ async fn serve(config_path: PathBuf, config: Config, bound: Bound) -> Result<(),
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut state = app.watch_state();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
+        let drain_timeout = async {
+            match drain_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = hup.recv() => reload(&app, &config_path),
             _ = int.recv() => {
                 tracing::info!("SIGINT: no new clients; exiting when the last of {} clients leaves", app.client_count());
                 app.set_run_state(RunState::Draining);
+                let wait = app.config().general.shutdown_wait_timeout;
+                if !wait.is_zero() {
+                    drain_deadline = Some(tokio::time::Instant::now() + wait);
+                }
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: exiting now");
                 app.set_run_state(RunState::Stopping);
+                break;
+            }
+            _ = drain_timeout => {
+                tracing::info!("shutdown_wait_timeout reached with {} clients connected; exiting", app.client_count());
                 break;
             }
             _ = state.changed() => {}

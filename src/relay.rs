@@ -102,11 +102,12 @@ impl Session {
         self.server = Some(conn);
     }
 
-    /// Gives the server connection back to the pool; its state must be known idle.
-    fn release(&mut self) {
+    /// Gives the server connection back to the pool (through `finish_clean`); its state must
+    /// be known idle.
+    async fn release(&mut self) {
         self.app.cancel.set_target(self.key, None);
         if let Some(conn) = self.server.take() {
-            Pool::checkin(conn);
+            self.finish_clean(conn).await;
         }
     }
 
@@ -166,8 +167,8 @@ impl Session {
         let _ = self.client.shutdown().await;
     }
 
-    /// A client left with its server connection idle: reset it if the mode asks for it, and
-    /// check it in.
+    /// A server connection leaves this client idle: reset it when the client leaves a
+    /// session-mode pool, or at every release with `server_reset_query_always`; check it in.
     async fn finish_clean(&mut self, mut conn: ServerConn) {
         let settings = self.pool.settings();
         let reset = self.mode == PoolMode::Session || settings.server_reset_query_always;
@@ -189,19 +190,19 @@ impl Session {
 
     /// Returns `None` when the client left normally, or the error to send it before closing.
     async fn relay_until_done(&mut self) -> Option<ErrorResponse> {
-        let general = self.app.config().general.clone();
+        let timers = Timers::new(&self.app.config().general);
         loop {
             // Idle: no bytes in flight, no buffer held.
             let woke = wait_idle(
                 &self.client,
                 self.server.as_ref(),
-                general.client_idle_timeout,
+                timers.client_idle_timeout,
             )
             .await;
             if let Err(e) = woke {
                 return e;
             }
-            let mut pump = Pump::new(self.status);
+            let mut pump = Pump::new(self.status, timers.max_packet_size);
             if self.server.is_none() {
                 match pump.read_client_now(&self.client) {
                     Ok(true) => {}
@@ -227,7 +228,6 @@ impl Session {
                     }
                 }
             }
-            let timers = Timers::new(&general);
             let outcome = {
                 let server = self.server.as_mut().expect("server held");
                 pump.run(&mut self.client, &mut server.stream, self.mode, timers)
@@ -237,7 +237,7 @@ impl Session {
             match outcome {
                 Outcome::Done => {
                     if self.mode != PoolMode::Session {
-                        self.release();
+                        self.release().await;
                     }
                 }
                 Outcome::ClientLeft { clean } => {
@@ -316,7 +316,7 @@ async fn wait_idle(
             None => client.readable().await,
         }
     };
-    let result = if idle_timeout.is_zero() || server.is_some() {
+    let result = if idle_timeout.is_zero() {
         readable.await
     } else {
         match tokio::time::timeout(idle_timeout, readable).await {
@@ -332,18 +332,23 @@ async fn wait_idle(
     result.map_err(|_| None)
 }
 
-/// The timeouts that apply while a server connection is held.
+/// The timeouts and limits of a session, copied from the config at login (small, so an idle
+/// client does not keep the whole config alive).
 #[derive(Debug, Clone, Copy)]
 struct Timers {
+    client_idle_timeout: Duration,
     query_timeout: Duration,
     idle_transaction_timeout: Duration,
+    max_packet_size: usize,
 }
 
 impl Timers {
     fn new(general: &crate::config::General) -> Timers {
         Timers {
+            client_idle_timeout: general.client_idle_timeout,
             query_timeout: general.query_timeout,
             idle_transaction_timeout: general.idle_transaction_timeout,
+            max_packet_size: general.max_packet_size as usize,
         }
     }
 
@@ -352,8 +357,6 @@ impl Timers {
     }
 }
 
-/// Largest message a client may send after login (PgBouncer's max_packet_size default).
-const MAX_CLIENT_MESSAGE: usize = i32::MAX as usize;
 const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
 
 /// The two buffers and the protocol bookkeeping of one stretch of relaying.
@@ -364,6 +367,8 @@ struct Pump {
     sbuf: Buffer,
     slen: usize,
     soff: usize,
+    /// `max_packet_size`: the largest message a client may send after login.
+    max_client_message: usize,
     cscan: Scanner,
     sscan: Scanner,
     /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
@@ -381,7 +386,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(status: TxStatus) -> Pump {
+    fn new(status: TxStatus, max_client_message: usize) -> Pump {
         let now = Instant::now();
         Pump {
             cbuf: Buffer::take(),
@@ -390,6 +395,7 @@ impl Pump {
             sbuf: Buffer::take(),
             slen: 0,
             soff: 0,
+            max_client_message,
             cscan: Scanner::new(),
             sscan: Scanner::new(),
             pending: 0,
@@ -425,7 +431,7 @@ impl Pump {
             &mut self.torn_terminate,
         );
         self.cscan
-            .feed(&self.cbuf[..n], MAX_CLIENT_MESSAGE, |m| match m.tag {
+            .feed(&self.cbuf[..n], self.max_client_message, |m| match m.tag {
                 frontend::QUERY | frontend::FUNCTION_CALL => *pending += 1,
                 frontend::SYNC => {
                     *pending += 1;

@@ -127,6 +127,21 @@ pub enum CheckoutError {
     Connect(#[from] ServerConnectError),
     #[error("pool is shutting down")]
     Closed,
+    /// A login failed less than `server_login_retry` ago; no new attempt is made yet.
+    #[error("server login has been failing, try again later (server_login_retry): {message}")]
+    LoginRetry {
+        message: String,
+        code: Option<String>,
+    },
+}
+
+/// The last failed attempt to open a server connection.
+#[derive(Debug, Clone)]
+struct LoginFailure {
+    at: Instant,
+    message: String,
+    /// The server's SQLSTATE when the server refused the login.
+    code: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +156,7 @@ struct Inner {
     params: Option<Arc<[(String, String)]>>,
     /// SCRAM keys from a client's exchange, for logging in without a plaintext password.
     scram_keys: Option<([u8; 32], [u8; 32])>,
+    last_failure: Option<LoginFailure>,
 }
 
 /// The pool of one (database, user).
@@ -423,10 +439,54 @@ impl Pool {
         slot: Slot,
         settings: &PoolSettings,
     ) -> Result<ServerConn, CheckoutError> {
-        let generation = self.lock().generation;
+        let (generation, recent_failure) = {
+            let inner = self.lock();
+            let recent = inner
+                .last_failure
+                .as_ref()
+                .filter(|f| f.at.elapsed() < settings.server_login_retry)
+                .cloned();
+            (inner.generation, recent)
+        };
+        if let Some(failure) = recent_failure {
+            return Err(CheckoutError::LoginRetry {
+                message: failure.message,
+                code: failure.code,
+            });
+        }
         let password = self.server_password(settings);
-        let logged_in =
-            server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
+        let attempt = async {
+            let mut logged_in =
+                server::connect(&settings.target, &password, settings.server_connect_timeout)
+                    .await?;
+            if let Some(sql) = &settings.connect_query {
+                server::run_internal_query(
+                    &mut logged_in.stream,
+                    sql,
+                    settings.server_connect_timeout,
+                )
+                .await?;
+            }
+            Ok::<_, ServerConnectError>(logged_in)
+        };
+        let logged_in = match attempt.await {
+            Ok(logged_in) => logged_in,
+            Err(e) => {
+                let code = match &e {
+                    ServerConnectError::Refused(server) => Some(server.code.clone()),
+                    _ => None,
+                };
+                tracing::warn!(database = %self.key.database, user = %self.key.user, "server login failed: {e}");
+                self.lock().last_failure = Some(LoginFailure {
+                    at: Instant::now(),
+                    message: e.to_string(),
+                    code,
+                });
+                drop(slot);
+                return Err(e.into());
+            }
+        };
+        self.lock().last_failure = None;
         let now = Instant::now();
         let id = ServerId(NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed));
         let login_params: Arc<[(String, String)]> = logged_in.params.into();
