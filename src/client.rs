@@ -44,11 +44,32 @@ pub enum LoginError {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSlot) {
+///
+/// This is every client's task, so its size is what an idle client costs: login is boxed and
+/// freed before relaying starts, the session is stored once (a plain fn returning an `async
+/// move` block, and `run` borrowing the session: async fns store by-value arguments twice).
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    app: Arc<App>,
+    stream: Stream,
+    admitted: bool,
+    slot: ClientSlot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut session = Box::pin(login_with_timeout(app, stream, admitted)).await;
+        if let Some(session) = session.as_mut() {
+            session.run().await;
+        }
+        drop(slot);
+    }
+}
+
+/// Logs a client in within `client_login_timeout`; failures are reported and logged here.
+async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Option<Session> {
     let peer = stream.peer();
     let config = app.config();
     let timeout = config.general.client_login_timeout;
-    let login = Box::pin(login(&app, &config, stream, admitted, &peer));
+    let login = login(&app, &config, stream, admitted, &peer);
     let result = if timeout.is_zero() {
         login.await
     } else {
@@ -57,9 +78,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSl
             .unwrap_or(Err(LoginError::Timeout))
     };
     match result {
-        Ok(session) => {
-            session.run().await;
-        }
+        Ok(session) => return Some(session),
         Err(LoginError::Cancel) => {}
         Err(LoginError::Reported(e)) if config.general.log_pooler_errors => {
             tracing::warn!(peer = %peer, "login refused: {} ({})", e.message, e.code.as_str());
@@ -68,7 +87,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSl
         Err(e @ (LoginError::Gone(_) | LoginError::Io(_))) => tracing::debug!(peer = %peer, "{e}"),
         Err(_) => {}
     }
-    drop(slot);
+    None
 }
 
 async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
@@ -291,7 +310,13 @@ async fn greet_params(
     pool: &Arc<Pool>,
     mode: PoolMode,
     wanted: &[(String, String)],
-) -> Result<(Option<crate::pool::ServerConn>, Arc<[(String, String)]>), CheckoutError> {
+) -> Result<
+    (
+        Option<Box<crate::pool::ServerConn>>,
+        Arc<[(String, String)]>,
+    ),
+    CheckoutError,
+> {
     if mode != PoolMode::Session
         && let Some(params) = pool.server_params()
     {
@@ -557,4 +582,34 @@ fn parse_sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
 /// How long a client may take to log in, for callers that want it.
 pub fn login_timeout(config: &Config) -> Duration {
     config.general.client_login_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_app() -> (Arc<App>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgberth.ini");
+        std::fs::write(
+            &ini,
+            "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\n",
+        )
+        .unwrap();
+        (App::new(Config::load(&ini).unwrap()), dir)
+    }
+
+    /// Every connected client is one task; its future is allocated whole, so its size is what
+    /// an idle client costs (besides the socket). Rare, large states (login, checkout with
+    /// waiting or connecting, reset) are boxed only while they run.
+    #[tokio::test]
+    async fn client_task_future_stays_small() {
+        let (app, _dir) = test_app();
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let (slot, admitted) = app.admit_client();
+        let task = serve(app.clone(), Stream::Unix(a), admitted, slot);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("client task future: {size} bytes");
+        assert!(size <= 640, "client task future is {size} bytes");
+    }
 }

@@ -28,7 +28,7 @@ pub struct Session {
     client: Stream,
     pool: Arc<Pool>,
     mode: PoolMode,
-    server: Option<ServerConn>,
+    server: Option<Box<ServerConn>>,
     /// Transaction status of the held server connection at the last ReadyForQuery.
     status: TxStatus,
     key: ClientKey,
@@ -64,7 +64,7 @@ impl Session {
         client: Stream,
         pool: Arc<Pool>,
         mode: PoolMode,
-        server: Option<ServerConn>,
+        server: Option<Box<ServerConn>>,
         key: ClientKey,
         user: String,
         database: String,
@@ -89,7 +89,7 @@ impl Session {
         session
     }
 
-    fn hold(&mut self, conn: ServerConn) {
+    fn hold(&mut self, conn: Box<ServerConn>) {
         self.app.cancel.set_target(
             self.key,
             Some(CancelTarget {
@@ -102,13 +102,17 @@ impl Session {
         self.server = Some(conn);
     }
 
-    /// Gives the server connection back to the pool (through `finish_clean`); its state must
-    /// be known idle.
-    async fn release(&mut self) {
+    /// Gives the server connection back to the pool; its state must be known idle. Returns it
+    /// instead when `server_reset_query_always` wants it reset first (`finish_clean`).
+    fn release(&mut self) -> Option<Box<ServerConn>> {
         self.app.cancel.set_target(self.key, None);
-        if let Some(conn) = self.server.take() {
-            self.finish_clean(conn).await;
+        let conn = self.server.take()?;
+        let settings = self.pool.settings();
+        if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
+            return Some(conn);
         }
+        Pool::checkin(conn);
+        None
     }
 
     /// Closes the server connection: its state is unknown or broken.
@@ -117,10 +121,24 @@ impl Session {
         self.server = None;
     }
 
-    /// A server connection from the pool, with the client's startup parameters applied.
-    async fn checkout(&self) -> Result<ServerConn, crate::pool::CheckoutError> {
+    /// A server connection from the pool, with the client's startup parameters applied. The
+    /// common case (an idle connection with matching parameters) awaits nothing; the rest is
+    /// boxed so that it does not enlarge every client's task.
+    async fn checkout(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+        if let Some(conn) = self.pool.try_checkout_idle()
+            && conn.params_match(&self.wanted_params)
+        {
+            return Ok(conn);
+        }
+        Box::pin(self.checkout_slow()).await
+    }
+
+    async fn checkout_slow(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
         loop {
-            let mut conn = self.pool.checkout().await?;
+            let mut conn = match self.pool.try_checkout_idle() {
+                Some(conn) => conn,
+                None => self.pool.checkout().await?,
+            };
             let timeout = self.pool.settings().server_connect_timeout;
             match conn.apply_params(&self.wanted_params, timeout).await {
                 Ok(()) => return Ok(conn),
@@ -138,12 +156,18 @@ impl Session {
     }
 
     /// Relays until the client leaves, then cleans up.
-    pub async fn run(mut self) {
+    pub async fn run(&mut self) {
         let reason = self.relay_until_done().await;
+        // Boxed: the goodbye is rare and must not enlarge every client's task.
+        Box::pin(self.close(reason)).await;
+    }
+
+    /// Returns or closes the server connection and says goodbye to the client.
+    async fn close(&mut self, reason: Option<ErrorResponse>) {
         match self.server.take() {
             Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
                 self.app.cancel.set_target(self.key, None);
-                self.finish_clean(conn).await;
+                Box::pin(self.finish_clean(conn)).await;
             }
             other => {
                 self.app.cancel.set_target(self.key, None);
@@ -169,7 +193,7 @@ impl Session {
 
     /// A server connection leaves this client idle: reset it when the client leaves a
     /// session-mode pool, or at every release with `server_reset_query_always`; check it in.
-    async fn finish_clean(&mut self, mut conn: ServerConn) {
+    async fn finish_clean(&mut self, mut conn: Box<ServerConn>) {
         let settings = self.pool.settings();
         let reset = self.mode == PoolMode::Session || settings.server_reset_query_always;
         if reset && !settings.server_reset_query.is_empty() {
@@ -195,7 +219,7 @@ impl Session {
             // Idle: no bytes in flight, no buffer held.
             let woke = wait_idle(
                 &self.client,
-                self.server.as_ref(),
+                self.server.as_deref(),
                 timers.client_idle_timeout,
             )
             .await;
@@ -236,8 +260,10 @@ impl Session {
             self.status = pump.status;
             match outcome {
                 Outcome::Done => {
-                    if self.mode != PoolMode::Session {
-                        self.release().await;
+                    if self.mode != PoolMode::Session
+                        && let Some(conn) = self.release()
+                    {
+                        Box::pin(self.finish_clean(conn)).await;
                     }
                 }
                 Outcome::ClientLeft { clean } => {
@@ -307,19 +333,19 @@ async fn wait_idle(
     server: Option<&ServerConn>,
     idle_timeout: Duration,
 ) -> Result<(), Option<ErrorResponse>> {
-    let readable = async {
-        match server {
-            Some(conn) => tokio::select! {
-                r = client.readable() => r,
-                r = conn.stream.readable() => r,
-            },
-            None => client.readable().await,
+    // Polling readiness directly keeps no future state: an idle client's task stays small.
+    let readable = poll_fn(|cx| {
+        let client_ready = client.poll_read_ready(cx);
+        let server_ready = server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx));
+        match (client_ready, server_ready) {
+            (Poll::Ready(r), _) | (_, Poll::Ready(r)) => Poll::Ready(r),
+            _ => Poll::Pending,
         }
-    };
+    });
     let result = if idle_timeout.is_zero() {
         readable.await
     } else {
-        match tokio::time::timeout(idle_timeout, readable).await {
+        match Box::pin(tokio::time::timeout(idle_timeout, readable)).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(Some(ErrorResponse::fatal(
@@ -493,16 +519,32 @@ impl Pump {
         }
     }
 
-    async fn run(
+    /// Relays until something ends the stretch. (A plain fn returning a future: an async fn
+    /// would store its arguments twice in every client's task.)
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a>(
+        &'a mut self,
+        client: &'a mut Stream,
+        server: &'a mut Stream,
+        mode: PoolMode,
+        timers: Timers,
+    ) -> impl Future<Output = Outcome> + Send + 'a {
+        async move {
+            if !timers.enabled() {
+                return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
+            }
+            Box::pin(self.run_timed(client, server, mode, timers)).await
+        }
+    }
+
+    /// `run` with query_timeout / idle_transaction_timeout armed (boxed: the timer is large).
+    async fn run_timed(
         &mut self,
         client: &mut Stream,
         server: &mut Stream,
         mode: PoolMode,
         timers: Timers,
     ) -> Outcome {
-        if !timers.enabled() {
-            return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
-        }
         loop {
             let deadline = self.deadline(timers);
             let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true));

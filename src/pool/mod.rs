@@ -67,6 +67,17 @@ impl ServerConn {
             .map(|(_, v)| v.as_str())
     }
 
+    /// True when the connection's parameters already are what `apply_params` would set.
+    pub fn params_match(&self, wanted: &[(String, String)]) -> bool {
+        wanted
+            .iter()
+            .all(|(name, value)| self.param(name) == Some(value.as_str()))
+            && self
+                .set_params
+                .iter()
+                .all(|(k, _)| wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(k)))
+    }
+
     /// Makes the connection's parameters match `wanted` (the client's startup parameters;
     /// any parameter pgberth changed earlier that the client did not ask for goes back to its
     /// login value), with one round trip and only when something differs.
@@ -114,7 +125,7 @@ impl Drop for Slot {
 /// What a waiting client is handed: a connection someone checked in, or room to open one.
 #[derive(Debug)]
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     Slot(Slot),
 }
 
@@ -146,7 +157,9 @@ struct LoginFailure {
 
 #[derive(Debug, Default)]
 struct Inner {
-    idle: Vec<ServerConn>,
+    // Boxed: connections move between the pool and clients' tasks as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     waiters: VecDeque<oneshot::Sender<Grant>>,
     /// Slots taken: connections open or being opened.
     open: usize,
@@ -334,10 +347,39 @@ impl Pool {
         true
     }
 
+    /// The fast path of checkout, with no waiting: an idle connection that needs no health
+    /// check, if there is one.
+    pub fn try_checkout_idle(&self) -> Option<Box<ServerConn>> {
+        let settings = self.settings.load();
+        let mut stale = Vec::new();
+        let found = {
+            let mut inner = self.lock();
+            loop {
+                let Some(conn) = inner.idle.pop() else {
+                    break None;
+                };
+                if conn.generation != inner.generation || settings.lifetime_over(&conn) {
+                    stale.push(conn);
+                } else if conn.last_used.elapsed() >= settings.server_check_delay
+                    && !settings.server_check_query.is_empty()
+                {
+                    inner.idle.push(conn);
+                    break None;
+                } else {
+                    break Some(conn);
+                }
+            }
+        };
+        drop(stale);
+        let mut conn = found?;
+        conn.last_used = Instant::now();
+        Some(conn)
+    }
+
     /// Gets a server connection for a client: an idle one (health-checked when it idled longer
     /// than `server_check_delay`), a new one when the pool has room, or the first one freed
     /// while the client waits in line (up to `query_wait_timeout`).
-    pub async fn checkout(self: &Arc<Pool>) -> Result<ServerConn, CheckoutError> {
+    pub async fn checkout(self: &Arc<Pool>) -> Result<Box<ServerConn>, CheckoutError> {
         let settings = self.settings.load_full();
         let started = Instant::now();
         loop {
@@ -438,7 +480,7 @@ impl Pool {
         self: &Arc<Pool>,
         slot: Slot,
         settings: &PoolSettings,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         let (generation, recent_failure) = {
             let inner = self.lock();
             let recent = inner
@@ -492,7 +534,7 @@ impl Pool {
         let login_params: Arc<[(String, String)]> = logged_in.params.into();
         self.lock().params = Some(login_params.clone());
         tracing::debug!(server = id.0, pool = %self.key.database, user = %self.key.user, "server connection opened to {}", settings.target.describe());
-        Ok(ServerConn {
+        Ok(Box::new(ServerConn {
             stream: logged_in.stream,
             id,
             backend_pid: logged_in.backend_pid,
@@ -503,13 +545,13 @@ impl Pool {
             set_params: Vec::new(),
             generation,
             slot,
-        })
+        }))
     }
 
     /// Returns a connection whose state is known to be idle (no transaction, nothing pending)
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
-    pub fn checkin(mut conn: ServerConn) {
+    pub fn checkin(mut conn: Box<ServerConn>) {
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
         conn.last_used = Instant::now();
