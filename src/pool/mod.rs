@@ -57,6 +57,27 @@ impl ServerConn {
         &self.slot.pool
     }
 
+    /// True unless the server sent something (or closed) while the connection sat idle in the
+    /// pool: a terminated backend, a server restart, or a late asynchronous message. Usually
+    /// costs no system call: the runtime already knows the socket has nothing to read.
+    fn quiet_while_idle(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// An idle connection may be handed out: not retired by a reload, not past
+    /// `server_lifetime`, and nothing arrived from the server while it was idle.
+    fn reusable(&self, generation: u64, settings: &PoolSettings) -> bool {
+        self.generation == generation && !settings.lifetime_over(self) && self.quiet_while_idle()
+    }
+
     /// The current value of a parameter on this connection, as far as pgberth knows.
     pub fn param(&self, name: &str) -> Option<&str> {
         let by_name = |(k, _): &&(String, String)| k.eq_ignore_ascii_case(name);
@@ -358,7 +379,7 @@ impl Pool {
                 let Some(conn) = inner.idle.pop() else {
                     break None;
                 };
-                if conn.generation != inner.generation || settings.lifetime_over(&conn) {
+                if !conn.reusable(inner.generation, &settings) {
                     stale.push(conn);
                 } else if conn.last_used.elapsed() >= settings.server_check_delay
                     && !settings.server_check_query.is_empty()
@@ -388,7 +409,7 @@ impl Pool {
                 let mut inner = self.lock();
                 let mut found = None;
                 while let Some(conn) = inner.idle.pop() {
-                    if conn.generation != inner.generation || settings.lifetime_over(&conn) {
+                    if !conn.reusable(inner.generation, &settings) {
                         stale.push(conn);
                     } else {
                         found = Some(conn);
@@ -594,7 +615,7 @@ impl Pool {
             for conn in inner.idle.drain(..) {
                 let idle_too_long = !settings.server_idle_timeout.is_zero()
                     && now.duration_since(conn.last_used) >= settings.server_idle_timeout;
-                if conn.generation != generation || idle_too_long || settings.lifetime_over(&conn) {
+                if idle_too_long || !conn.reusable(generation, &settings) {
                     expired.push(conn);
                 } else {
                     kept.push(conn);
