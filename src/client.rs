@@ -230,18 +230,19 @@ async fn login(
     authenticate(config, &mut stream, &user, &pool, &mut out).await?;
 
     let mode = config.pool_mode_for(&db, &user);
-    let (server, server_params) = match greet_params(&pool, mode).await {
+    let wanted = wanted_params(config, &params, peer);
+    let (server, server_params) = match greet_params(&pool, mode, &wanted).await {
         Ok(v) => v,
         Err(e) => return Err(send_fatal(&mut stream, checkout_error(&db, e)).await),
     };
     let key: ClientKey = app.cancel.register();
     build::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
-        let value = match name.as_str() {
-            "application_name" => params.get("application_name").unwrap_or(value),
-            _ => value,
-        };
-        build::parameter_status(&mut out, name, value);
+        let own = wanted
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        build::parameter_status(&mut out, name, own.unwrap_or(value));
     }
     build::backend_key_data(&mut out, key.pid, key.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
@@ -258,7 +259,30 @@ async fn login(
         key,
         user,
         dbname,
+        wanted,
     ))
+}
+
+/// The startup parameters a client set that pgberth carries to its server connections, with
+/// the client's address added to application_name when `application_name_add_host` is on.
+fn wanted_params(config: &Config, params: &StartupParams, peer: &str) -> Vec<(String, String)> {
+    let mut wanted: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = TRACKED_PARAMETERS
+                .iter()
+                .find(|p| p.eq_ignore_ascii_case(k))?;
+            Some(((*name).to_owned(), v.clone()))
+        })
+        .collect();
+    if config.general.application_name_add_host {
+        match wanted.iter_mut().find(|(k, _)| k == "application_name") {
+            Some((_, v)) => *v = format!("{v} - {peer}"),
+            None => wanted.push(("application_name".to_owned(), format!("app - {peer}"))),
+        }
+    }
+    wanted
 }
 
 /// The ParameterStatus set to greet a client with: the pool's latest server login's. When no
@@ -266,17 +290,20 @@ async fn login(
 async fn greet_params(
     pool: &Arc<Pool>,
     mode: PoolMode,
+    wanted: &[(String, String)],
 ) -> Result<(Option<crate::pool::ServerConn>, Arc<[(String, String)]>), CheckoutError> {
-    if mode != PoolMode::Session {
-        if let Some(params) = pool.server_params() {
-            return Ok((None, params));
-        }
+    if mode != PoolMode::Session
+        && let Some(params) = pool.server_params()
+    {
+        return Ok((None, params));
     }
-    let conn = pool.checkout().await?;
+    let mut conn = pool.checkout().await?;
     let params = pool
         .server_params()
         .unwrap_or_else(|| Arc::from(Vec::new()));
     if mode == PoolMode::Session {
+        let timeout = pool.settings().server_connect_timeout;
+        conn.apply_params(wanted, timeout).await?;
         Ok((Some(conn), params))
     } else {
         Pool::checkin(conn);
@@ -488,10 +515,10 @@ async fn scram_auth(
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
-    if from_verifier {
-        if let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier()) {
-            pool.set_scram_keys(client_key, verifier.server_key);
-        }
+    if from_verifier
+        && let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier())
+    {
+        pool.set_scram_keys(client_key, verifier.server_key);
     }
     out.clear();
     build::auth_sasl_final(&mut out, &server_final);

@@ -181,13 +181,13 @@ pub fn reload(app: &App, path: &Path) {
 }
 
 fn check_pidfile(path: &Path) -> Result<(), RunError> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
-                return Err(RunError::AlreadyRunning(path.to_path_buf()));
-            }
-        }
+    let running = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        .is_some_and(|pid| pid > 0 && unsafe { libc::kill(pid, 0) } == 0);
+    if running {
+        return Err(RunError::AlreadyRunning(path.to_path_buf()));
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Session {
     key: ClientKey,
     user: Box<str>,
     database: Box<str>,
+    /// Startup parameters the client asked for, applied to every server connection it gets.
+    wanted_params: Box<[(String, String)]>,
 }
 
 /// How a stretch of relaying ended.
@@ -66,6 +68,7 @@ impl Session {
         key: ClientKey,
         user: String,
         database: String,
+        wanted_params: Vec<(String, String)>,
     ) -> Session {
         let session = Session {
             app,
@@ -77,6 +80,7 @@ impl Session {
             key,
             user: user.into(),
             database: database.into(),
+            wanted_params: wanted_params.into(),
         };
         let mut session = session;
         if let Some(conn) = server {
@@ -110,6 +114,26 @@ impl Session {
     fn discard_server(&mut self) {
         self.app.cancel.set_target(self.key, None);
         self.server = None;
+    }
+
+    /// A server connection from the pool, with the client's startup parameters applied.
+    async fn checkout(&self) -> Result<ServerConn, crate::pool::CheckoutError> {
+        loop {
+            let mut conn = self.pool.checkout().await?;
+            let timeout = self.pool.settings().server_connect_timeout;
+            match conn.apply_params(&self.wanted_params, timeout).await {
+                Ok(()) => return Ok(conn),
+                Err(crate::server::ServerConnectError::Refused(e)) => {
+                    // The server rejected a value the client asked for: the client must hear it.
+                    return Err(crate::pool::CheckoutError::Connect(
+                        crate::server::ServerConnectError::Refused(e),
+                    ));
+                }
+                Err(e) => {
+                    tracing::info!(database = %self.database, "closing server connection: setting parameters failed: {e}")
+                }
+            }
+        }
     }
 
     /// Relays until the client leaves, then cleans up.
@@ -158,6 +182,7 @@ impl Session {
                 tracing::info!(database = %self.database, user = %self.user, "closing server connection: server_reset_query failed: {e}");
                 return;
             }
+            conn.params_were_reset();
         }
         Pool::checkin(conn);
     }
@@ -188,7 +213,7 @@ impl Session {
                 if pump.client_done && pump.clen == 0 {
                     return None;
                 }
-                match self.pool.checkout().await {
+                match self.checkout().await {
                     Ok(conn) => self.hold(conn),
                     Err(e) => {
                         let db = self.app.config().database(&self.database);
@@ -406,17 +431,13 @@ impl Pump {
                     *pending += 1;
                     *unsynced = false;
                 }
-                frontend::TERMINATE => {
-                    if cut.is_none() {
-                        match m.start {
-                            Some(start) => cut = Some(start),
-                            None => {
-                                *torn = true;
-                                cut = Some(0);
-                            }
-                        }
+                frontend::TERMINATE if cut.is_none() => match m.start {
+                    Some(start) => cut = Some(start),
+                    None => {
+                        *torn = true;
+                        cut = Some(0);
                     }
-                }
+                },
                 frontend::PARSE
                 | frontend::BIND
                 | frontend::DESCRIBE
@@ -485,10 +506,10 @@ impl Pump {
                     if let Ok(outcome) = tokio::time::timeout_at(at.into(), relay).await {
                         return outcome;
                     }
-                    if let Some((at, outcome)) = self.deadline(timers) {
-                        if at <= Instant::now() {
-                            return outcome;
-                        }
+                    if let Some((at, outcome)) = self.deadline(timers)
+                        && at <= Instant::now()
+                    {
+                        return outcome;
                     }
                 }
             }
@@ -563,11 +584,12 @@ impl Pump {
                     Poll::Pending => {}
                 }
             }
-            if self.client_done && self.coff == self.clen {
-                if self.pending == 0 || self.torn_terminate {
-                    return Poll::Ready(self.client_left());
-                }
-                // Let the answers to what was sent before Terminate drain first.
+            // After Terminate, the answers to what was sent before it drain first.
+            if self.client_done
+                && self.coff == self.clen
+                && (self.pending == 0 || self.torn_terminate)
+            {
+                return Poll::Ready(self.client_left());
             }
             // Server → client.
             if self.soff == self.slen {

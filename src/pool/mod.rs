@@ -44,6 +44,10 @@ pub struct ServerConn {
     pub backend_secret: u32,
     pub connected_at: Instant,
     pub last_used: Instant,
+    /// ParameterStatus values reported at login.
+    login_params: Arc<[(String, String)]>,
+    /// Parameters pgberth changed with SET since login or the last reset.
+    set_params: Vec<(String, String)>,
     generation: u64,
     slot: Slot,
 }
@@ -51,6 +55,47 @@ pub struct ServerConn {
 impl ServerConn {
     pub fn pool(&self) -> &Arc<Pool> {
         &self.slot.pool
+    }
+
+    /// The current value of a parameter on this connection, as far as pgberth knows.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        let by_name = |(k, _): &&(String, String)| k.eq_ignore_ascii_case(name);
+        self.set_params
+            .iter()
+            .find(by_name)
+            .or_else(|| self.login_params.iter().find(by_name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Makes the connection's parameters match `wanted` (the client's startup parameters;
+    /// any parameter pgberth changed earlier that the client did not ask for goes back to its
+    /// login value), with one round trip and only when something differs.
+    pub async fn apply_params(
+        &mut self,
+        wanted: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), ServerConnectError> {
+        let mut sql = String::new();
+        for (name, value) in wanted {
+            if self.param(name) != Some(value.as_str()) {
+                sql.push_str(&format!("SET {} TO '{}';", name, value.replace('\'', "''")));
+            }
+        }
+        let is_wanted = |name: &str| wanted.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        for (name, _) in self.set_params.iter().filter(|(k, _)| !is_wanted(k)) {
+            sql.push_str(&format!("RESET {name};"));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        server::run_internal_query(&mut self.stream, &sql, timeout).await?;
+        self.set_params = wanted.to_vec();
+        Ok(())
+    }
+
+    /// After a reset query (DISCARD ALL / RESET ALL) parameters are back to their login values.
+    pub fn params_were_reset(&mut self) {
+        self.set_params.clear();
     }
 }
 
@@ -384,7 +429,8 @@ impl Pool {
             server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
         let now = Instant::now();
         let id = ServerId(NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed));
-        self.lock().params = Some(logged_in.params.into());
+        let login_params: Arc<[(String, String)]> = logged_in.params.into();
+        self.lock().params = Some(login_params.clone());
         tracing::debug!(server = id.0, pool = %self.key.database, user = %self.key.user, "server connection opened to {}", settings.target.describe());
         Ok(ServerConn {
             stream: logged_in.stream,
@@ -393,6 +439,8 @@ impl Pool {
             backend_secret: logged_in.backend_secret,
             connected_at: now,
             last_used: now,
+            login_params,
+            set_params: Vec::new(),
             generation,
             slot,
         })
