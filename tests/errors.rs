@@ -352,8 +352,7 @@ async fn unknown_database_gets_3d000() {
     let err = pgberth
         .try_connect(SCRAM_USER, SCRAM_PASS, "nope")
         .await
-        .err()
-        .expect("an unknown database must be refused");
+        .expect_err("an unknown database must be refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{err:?}");
     let message = err.as_db_error().expect("an ErrorResponse").message();
     assert!(message.contains("nope"), "{message}");

@@ -125,8 +125,7 @@ async fn sighup_adds_new_database_without_dropping_clients() {
     let err = pgberth
         .try_connect(SCRAM_USER, SCRAM_PASS, "app2")
         .await
-        .err()
-        .expect("app2 is not configured yet");
+        .expect_err("app2 is not configured yet");
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{err:?}");
 
     pgberth.rewrite_ini(&ini(
@@ -165,8 +164,7 @@ async fn sighup_raising_pool_size_lets_two_transactions_run_at_once() {
     let err = tokio::time::timeout(HANG, second.simple_query("SELECT 1"))
         .await
         .expect("the waiting query must end with query_wait_timeout")
-        .err()
-        .expect("no server connection can be free with pool_size = 1");
+        .expect_err("no server connection can be free with pool_size = 1");
     assert!(
         err.to_string().contains("query_wait_timeout")
             || err
@@ -214,8 +212,7 @@ async fn sighup_with_a_bad_ini_is_refused_and_the_old_config_keeps_working() {
     let err = pgberth
         .try_connect(SCRAM_USER, SCRAM_PASS, "app2")
         .await
-        .err()
-        .expect("the refused config's new database must not exist");
+        .expect_err("the refused config's new database must not exist");
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{err:?}");
 }
 
