@@ -420,3 +420,33 @@ no_such_setting = 1
     assert!(quiet.wait_exit(HANG).is_some(), "pgberth -q did not exit");
     assert_eq!(quiet.log_contents(), "", "-q must keep stderr quiet");
 }
+
+#[test]
+fn pidfile_naming_a_running_process_refuses_a_second_start() {
+    let files = Files::new();
+    let pidfile = files.path("pgberth.pid");
+    // This test process is alive: pgberth must think another instance runs.
+    std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+    let ini = files.write("pid.ini", &format!("{GOOD_INI}pidfile = @DIR@/pgberth.pid\n"));
+    let out = run(&[s(&ini)]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already running"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", std::process::id()),
+        "the other instance's pidfile must be left alone"
+    );
+}
+
+#[tokio::test]
+async fn log_written_to_a_file_or_pipe_has_no_terminal_color_codes() {
+    let pgberth = Pgberth::start_with_args(&[], GOOD_INI, USERLIST);
+    let client = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    client.simple_query("SELECT 1").await.unwrap();
+    pgberth.wait_for_log("login attempt", HANG);
+    let log = pgberth.log_contents();
+    assert!(
+        !log.contains('\u{1b}'),
+        "stderr is not a terminal, yet the log has escape codes: {log:?}"
+    );
+}
