@@ -427,7 +427,10 @@ fn pidfile_naming_a_running_process_refuses_a_second_start() {
     let pidfile = files.path("pgberth.pid");
     // This test process is alive: pgberth must think another instance runs.
     std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
-    let ini = files.write("pid.ini", &format!("{GOOD_INI}pidfile = @DIR@/pgberth.pid\n"));
+    let ini = files.write(
+        "pid.ini",
+        &format!("{GOOD_INI}pidfile = @DIR@/pgberth.pid\n"),
+    );
     let out = run(&[s(&ini)]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("already running"), "{}", text(&out));
