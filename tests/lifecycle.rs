@@ -72,6 +72,23 @@ async fn wait_exit_async(pgberth: &mut Pgberth) -> Option<std::process::ExitStat
     None
 }
 
+/// pgberth's unix socket, once it exists. The launcher waits for the TCP port only, and the
+/// socket file is bound just after it.
+fn unix_socket(pgberth: &Pgberth) -> std::path::PathBuf {
+    let socket = pgberth.dir().join(format!(".s.PGSQL.{}", pgberth.port()));
+    let deadline = std::time::Instant::now() + HANG;
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is missing:\n{}",
+            socket.display(),
+            pgberth.log_contents()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    socket
+}
+
 #[tokio::test]
 async fn clients_connect_over_tcp() {
     let pgberth = Pgberth::start(&ini(APP, ""), USERLIST);
@@ -82,8 +99,7 @@ async fn clients_connect_over_tcp() {
 #[tokio::test]
 async fn clients_connect_over_the_unix_socket() {
     let pgberth = Pgberth::start(&ini(APP, ""), USERLIST);
-    let socket = pgberth.dir().join(format!(".s.PGSQL.{}", pgberth.port()));
-    assert!(socket.exists(), "{} is missing", socket.display());
+    let socket = unix_socket(&pgberth);
 
     let conn_str = format!(
         "host={} port={} user={SCRAM_USER} password={SCRAM_PASS} dbname=app connect_timeout=10",
@@ -248,8 +264,7 @@ async fn sigterm_exits_at_once_with_clients_connected() {
     let mut pgberth = Pgberth::start(&ini(APP, ""), USERLIST);
     let client = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
     client.batch_execute("BEGIN").await.unwrap();
-    let socket = pgberth.dir().join(format!(".s.PGSQL.{}", pgberth.port()));
-    assert!(socket.exists());
+    let socket = unix_socket(&pgberth);
 
     pgberth.signal(libc::SIGTERM);
     let status = pgberth
