@@ -270,6 +270,7 @@ fn init_logging(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let stderr = (!options.quiet && !options.daemonize).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
     });
     let file = match &config.general.logfile {
