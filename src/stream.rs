@@ -45,28 +45,6 @@ impl Stream {
         }
     }
 
-    /// True when the socket has nothing to read and is still open. A server connection idle
-    /// in its pool must be quiet; anything else (bytes such as PostgreSQL's FATAL at shutdown,
-    /// EOF, an error) means it is unusable. Peeks one byte without waiting or consuming it.
-    pub fn is_quiet(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let fd = match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        };
-        let mut byte = 0u8;
-        // SAFETY: a non-blocking peek of at most one byte into a local on a socket we own.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-    }
-
     /// A printable description of the peer for logs.
     pub fn peer(&self) -> String {
         match self {

@@ -27,6 +27,7 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = @DIR@/userlist.txt
 pool_mode = {mode}
+server_login_retry = 2
 "
         ),
         USERLIST,
@@ -115,10 +116,31 @@ async fn postgres_restart_gives_clear_errors_while_down_and_pgberth_recovers_by_
         "a new client while PostgreSQL is down: {err:?}"
     );
 
+    // A client arriving within server_login_retry of the failure is told so, without a new
+    // attempt against the server.
+    try_select(&transaction).await.expect_err("still down");
+    let err = try_select(&transaction).await.expect_err("still down");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert!(db.message().contains("server_login_retry"), "{db:?}");
+
     stopped.start();
 
-    // Back up: new clients are served at once, in both modes, without restarting pgberth.
+    // Back up: once server_login_retry has passed, new clients are served in both modes,
+    // without restarting pgberth.
     for (name, pgberth) in [("session", &session), ("transaction", &transaction)] {
+        let mut recovered = false;
+        for _ in 0..200 {
+            if try_select(pgberth).await.is_ok() {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            recovered,
+            "{name}: not recovered\n{}",
+            pgberth.log_contents()
+        );
         for attempt in 0..4 {
             if let Err(err) = try_select(pgberth).await {
                 panic!(

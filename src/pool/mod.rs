@@ -435,10 +435,6 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(mut conn) => {
-                    if !conn.stream.is_quiet() {
-                        tracing::info!(pool = %self.key.database, user = %self.key.user, "closing idle server connection that the server closed or wrote to");
-                        continue;
-                    }
                     if conn.last_used.elapsed() >= settings.server_check_delay
                         && !settings.server_check_query.is_empty()
                     {
