@@ -145,7 +145,7 @@ impl App {
                 true
             }
             None => {
-                pool.close_idle();
+                pool.close();
                 false
             }
         });

@@ -191,6 +191,8 @@ struct Inner {
     /// SCRAM keys from a client's exchange, for logging in without a plaintext password.
     scram_keys: Option<([u8; 32], [u8; 32])>,
     last_failure: Option<LoginFailure>,
+    /// Retired by a reload that removed its database.
+    closed: bool,
 }
 
 /// The pool of one (database, user).
@@ -407,6 +409,9 @@ impl Pool {
             let mut stale = Vec::new();
             let step = {
                 let mut inner = self.lock();
+                if inner.closed {
+                    return Err(CheckoutError::Closed);
+                }
                 let mut found = None;
                 while let Some(conn) = inner.idle.pop() {
                     if !conn.reusable(inner.generation, &settings) {
@@ -539,7 +544,6 @@ impl Pool {
                     ServerConnectError::Refused(server) => Some(server.code.clone()),
                     _ => None,
                 };
-                tracing::warn!(database = %self.key.database, user = %self.key.user, "server login failed: {e}");
                 self.lock().last_failure = Some(LoginFailure {
                     at: Instant::now(),
                     message: e.to_string(),
@@ -579,7 +583,11 @@ impl Pool {
         let leftover = {
             let mut inner = pool.lock();
             let too_many = inner.open > settings.pool_size + settings.reserve_pool;
-            if conn.generation != inner.generation || settings.lifetime_over(&conn) || too_many {
+            if inner.closed
+                || conn.generation != inner.generation
+                || settings.lifetime_over(&conn)
+                || too_many
+            {
                 Some(conn)
             } else {
                 let mut grant = Grant::Conn(conn);
@@ -644,9 +652,16 @@ impl Pool {
         Ok(())
     }
 
-    /// Closes every idle connection (the pool is being removed, or the server is going away).
-    pub fn close_idle(&self) {
-        let idle = std::mem::take(&mut self.lock().idle);
+    /// Retires the pool (its database was removed by a reload): idle connections close now,
+    /// connections in use close when they come back, and no new ones are handed out.
+    pub fn close(&self) {
+        let idle = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            // Waiting clients get `CheckoutError::Closed`.
+            inner.waiters.clear();
+            std::mem::take(&mut inner.idle)
+        };
         drop(idle);
     }
 }
