@@ -118,8 +118,7 @@ async fn plain_checks_the_password_against_md5_and_scram_userlist_secrets() {
     let err = pgberth
         .try_connect(SCRAM_USER, "wrong", "app_scram")
         .await
-        .err()
-        .expect("a wrong password must be refused");
+        .expect_err("a wrong password must be refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err:?}");
 }
 
@@ -283,8 +282,7 @@ async fn server_login_failure_is_reported_to_the_client_as_an_error() {
     let err = pgberth
         .try_connect(SCRAM_USER, "", APP_DB)
         .await
-        .err()
-        .expect("the server refuses the login");
+        .expect_err("the server refuses the login");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err:?}");
 }
 

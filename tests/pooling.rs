@@ -628,8 +628,7 @@ async fn max_client_conn_exceeded_is_refused_with_53300() {
     let err = pgberth
         .try_connect(SCRAM_USER, SCRAM_PASS, "app")
         .await
-        .err()
-        .expect("a third client must be refused");
+        .expect_err("a third client must be refused");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
     // Once a client leaves, there is room again.
     drop(a);
