@@ -163,7 +163,8 @@ impl App {
                 for _ in 0..missing {
                     let pool = pool.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pool.open_spare().await {
+                        let result = pool.open_spare().await;
+                        if let Err(e @ crate::pool::CheckoutError::Connect(_)) = result {
                             tracing::warn!(database = %pool.key.database, user = %pool.key.user, "min_pool_size: {e}");
                         }
                     });

@@ -44,11 +44,32 @@ pub enum LoginError {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSlot) {
+///
+/// This is every client's task, so its size is what an idle client costs: login is boxed and
+/// freed before relaying starts, the session is stored once (a plain fn returning an `async
+/// move` block, and `run` borrowing the session: async fns store by-value arguments twice).
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    app: Arc<App>,
+    stream: Stream,
+    admitted: bool,
+    slot: ClientSlot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut session = Box::pin(login_with_timeout(app, stream, admitted)).await;
+        if let Some(session) = session.as_mut() {
+            session.run().await;
+        }
+        drop(slot);
+    }
+}
+
+/// Logs a client in within `client_login_timeout`; failures are reported and logged here.
+async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Option<Session> {
     let peer = stream.peer();
     let config = app.config();
     let timeout = config.general.client_login_timeout;
-    let login = Box::pin(login(&app, &config, stream, admitted, &peer));
+    let login = login(&app, &config, stream, admitted, &peer);
     let result = if timeout.is_zero() {
         login.await
     } else {
@@ -57,9 +78,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSl
             .unwrap_or(Err(LoginError::Timeout))
     };
     match result {
-        Ok(session) => {
-            session.run().await;
-        }
+        Ok(session) => return Some(session),
         Err(LoginError::Cancel) => {}
         Err(LoginError::Reported(e)) if config.general.log_pooler_errors => {
             tracing::warn!(peer = %peer, "login refused: {} ({})", e.message, e.code.as_str());
@@ -68,7 +87,7 @@ pub async fn serve(app: Arc<App>, stream: Stream, admitted: bool, slot: ClientSl
         Err(e @ (LoginError::Gone(_) | LoginError::Io(_))) => tracing::debug!(peer = %peer, "{e}"),
         Err(_) => {}
     }
-    drop(slot);
+    None
 }
 
 async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
@@ -230,18 +249,19 @@ async fn login(
     authenticate(config, &mut stream, &user, &pool, &mut out).await?;
 
     let mode = config.pool_mode_for(&db, &user);
-    let (server, server_params) = match greet_params(&pool, mode).await {
+    let wanted = wanted_params(config, &params, peer);
+    let (server, server_params) = match greet_params(&pool, mode, &wanted).await {
         Ok(v) => v,
         Err(e) => return Err(send_fatal(&mut stream, checkout_error(&db, e)).await),
     };
     let key: ClientKey = app.cancel.register();
     build::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
-        let value = match name.as_str() {
-            "application_name" => params.get("application_name").unwrap_or(value),
-            _ => value,
-        };
-        build::parameter_status(&mut out, name, value);
+        let own = wanted
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        build::parameter_status(&mut out, name, own.unwrap_or(value));
     }
     build::backend_key_data(&mut out, key.pid, key.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
@@ -258,7 +278,30 @@ async fn login(
         key,
         user,
         dbname,
+        wanted,
     ))
+}
+
+/// The startup parameters a client set that pgberth carries to its server connections, with
+/// the client's address added to application_name when `application_name_add_host` is on.
+fn wanted_params(config: &Config, params: &StartupParams, peer: &str) -> Vec<(String, String)> {
+    let mut wanted: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = TRACKED_PARAMETERS
+                .iter()
+                .find(|p| p.eq_ignore_ascii_case(k))?;
+            Some(((*name).to_owned(), v.clone()))
+        })
+        .collect();
+    if config.general.application_name_add_host {
+        match wanted.iter_mut().find(|(k, _)| k == "application_name") {
+            Some((_, v)) => *v = format!("{v} - {peer}"),
+            None => wanted.push(("application_name".to_owned(), format!("app - {peer}"))),
+        }
+    }
+    wanted
 }
 
 /// The ParameterStatus set to greet a client with: the pool's latest server login's. When no
@@ -266,17 +309,26 @@ async fn login(
 async fn greet_params(
     pool: &Arc<Pool>,
     mode: PoolMode,
-) -> Result<(Option<crate::pool::ServerConn>, Arc<[(String, String)]>), CheckoutError> {
-    if mode != PoolMode::Session {
-        if let Some(params) = pool.server_params() {
-            return Ok((None, params));
-        }
+    wanted: &[(String, String)],
+) -> Result<
+    (
+        Option<Box<crate::pool::ServerConn>>,
+        Arc<[(String, String)]>,
+    ),
+    CheckoutError,
+> {
+    if mode != PoolMode::Session
+        && let Some(params) = pool.server_params()
+    {
+        return Ok((None, params));
     }
-    let conn = pool.checkout().await?;
+    let mut conn = pool.checkout().await?;
     let params = pool
         .server_params()
         .unwrap_or_else(|| Arc::from(Vec::new()));
     if mode == PoolMode::Session {
+        let timeout = pool.settings().server_connect_timeout;
+        conn.apply_params(wanted, timeout).await?;
         Ok((Some(conn), params))
     } else {
         Pool::checkin(conn);
@@ -297,6 +349,16 @@ pub fn checkout_error(db: &Database, e: CheckoutError) -> ErrorResponse {
         ),
         CheckoutError::Closed => {
             ErrorResponse::fatal(SqlState::ADMIN_SHUTDOWN, "pgberth is shutting down")
+        }
+        CheckoutError::LoginRetry { message, code } => {
+            let code = code
+                .as_deref()
+                .and_then(SqlState::parse)
+                .unwrap_or(SqlState::CONNECTION_FAILURE);
+            let msg = format!(
+                "server login has been failing, try again later (server_login_retry): {message}"
+            );
+            ErrorResponse::fatal(code, msg)
         }
         CheckoutError::Connect(ServerConnectError::Refused(server)) => {
             let code = SqlState::parse(&server.code).unwrap_or(SqlState::CONNECTION_FAILURE);
@@ -488,10 +550,10 @@ async fn scram_auth(
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
-    if from_verifier {
-        if let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier()) {
-            pool.set_scram_keys(client_key, verifier.server_key);
-        }
+    if from_verifier
+        && let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier())
+    {
+        pool.set_scram_keys(client_key, verifier.server_key);
     }
     out.clear();
     build::auth_sasl_final(&mut out, &server_final);
@@ -502,10 +564,7 @@ async fn scram_auth(
 fn scram_error(user: &str, e: crate::auth::AuthError) -> ErrorResponse {
     match e {
         crate::auth::AuthError::WrongPassword => wrong_password(user),
-        other => ErrorResponse::fatal(
-            SqlState::PROTOCOL_VIOLATION,
-            format!("malformed SCRAM message: {other}"),
-        ),
+        other => ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, other.to_string()),
     }
 }
 
@@ -523,4 +582,34 @@ fn parse_sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
 /// How long a client may take to log in, for callers that want it.
 pub fn login_timeout(config: &Config) -> Duration {
     config.general.client_login_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_app() -> (Arc<App>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgberth.ini");
+        std::fs::write(
+            &ini,
+            "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\n",
+        )
+        .unwrap();
+        (App::new(Config::load(&ini).unwrap()), dir)
+    }
+
+    /// Every connected client is one task; its future is allocated whole, so its size is what
+    /// an idle client costs (besides the socket). Rare, large states (login, checkout with
+    /// waiting or connecting, reset) are boxed only while they run.
+    #[tokio::test]
+    async fn client_task_future_stays_small() {
+        let (app, _dir) = test_app();
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let (slot, admitted) = app.admit_client();
+        let task = serve(app.clone(), Stream::Unix(a), admitted, slot);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("client task future: {size} bytes");
+        assert!(size <= 640, "client task future is {size} bytes");
+    }
 }

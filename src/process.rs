@@ -132,16 +132,31 @@ async fn serve(config_path: PathBuf, config: Config, bound: Bound) -> Result<(),
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut state = app.watch_state();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
+        let drain_timeout = async {
+            match drain_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = hup.recv() => reload(&app, &config_path),
             _ = int.recv() => {
                 tracing::info!("SIGINT: no new clients; exiting when the last of {} clients leaves", app.client_count());
                 app.set_run_state(RunState::Draining);
+                let wait = app.config().general.shutdown_wait_timeout;
+                if !wait.is_zero() {
+                    drain_deadline = Some(tokio::time::Instant::now() + wait);
+                }
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: exiting now");
                 app.set_run_state(RunState::Stopping);
+                break;
+            }
+            _ = drain_timeout => {
+                tracing::info!("shutdown_wait_timeout reached with {} clients connected; exiting", app.client_count());
                 break;
             }
             _ = state.changed() => {}
@@ -181,13 +196,13 @@ pub fn reload(app: &App, path: &Path) {
 }
 
 fn check_pidfile(path: &Path) -> Result<(), RunError> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
-                return Err(RunError::AlreadyRunning(path.to_path_buf()));
-            }
-        }
+    let running = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        .is_some_and(|pid| pid > 0 && unsafe { libc::kill(pid, 0) } == 0);
+    if running {
+        return Err(RunError::AlreadyRunning(path.to_path_buf()));
     }
     Ok(())
 }

@@ -28,12 +28,14 @@ pub struct Session {
     client: Stream,
     pool: Arc<Pool>,
     mode: PoolMode,
-    server: Option<ServerConn>,
+    server: Option<Box<ServerConn>>,
     /// Transaction status of the held server connection at the last ReadyForQuery.
     status: TxStatus,
     key: ClientKey,
     user: Box<str>,
     database: Box<str>,
+    /// Startup parameters the client asked for, applied to every server connection it gets.
+    wanted_params: Box<[(String, String)]>,
 }
 
 /// How a stretch of relaying ended.
@@ -62,10 +64,11 @@ impl Session {
         client: Stream,
         pool: Arc<Pool>,
         mode: PoolMode,
-        server: Option<ServerConn>,
+        server: Option<Box<ServerConn>>,
         key: ClientKey,
         user: String,
         database: String,
+        wanted_params: Vec<(String, String)>,
     ) -> Session {
         let session = Session {
             app,
@@ -77,6 +80,7 @@ impl Session {
             key,
             user: user.into(),
             database: database.into(),
+            wanted_params: wanted_params.into(),
         };
         let mut session = session;
         if let Some(conn) = server {
@@ -85,7 +89,7 @@ impl Session {
         session
     }
 
-    fn hold(&mut self, conn: ServerConn) {
+    fn hold(&mut self, conn: Box<ServerConn>) {
         self.app.cancel.set_target(
             self.key,
             Some(CancelTarget {
@@ -98,12 +102,17 @@ impl Session {
         self.server = Some(conn);
     }
 
-    /// Gives the server connection back to the pool; its state must be known idle.
-    fn release(&mut self) {
+    /// Gives the server connection back to the pool; its state must be known idle. Returns it
+    /// instead when `server_reset_query_always` wants it reset first (`finish_clean`).
+    fn release(&mut self) -> Option<Box<ServerConn>> {
         self.app.cancel.set_target(self.key, None);
-        if let Some(conn) = self.server.take() {
-            Pool::checkin(conn);
+        let conn = self.server.take()?;
+        let settings = self.pool.settings();
+        if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
+            return Some(conn);
         }
+        Pool::checkin(conn);
+        None
     }
 
     /// Closes the server connection: its state is unknown or broken.
@@ -112,13 +121,53 @@ impl Session {
         self.server = None;
     }
 
+    /// A server connection from the pool, with the client's startup parameters applied. The
+    /// common case (an idle connection with matching parameters) awaits nothing; the rest is
+    /// boxed so that it does not enlarge every client's task.
+    async fn checkout(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+        if let Some(conn) = self.pool.try_checkout_idle()
+            && conn.params_match(&self.wanted_params)
+        {
+            return Ok(conn);
+        }
+        Box::pin(self.checkout_slow()).await
+    }
+
+    async fn checkout_slow(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+        loop {
+            let mut conn = match self.pool.try_checkout_idle() {
+                Some(conn) => conn,
+                None => self.pool.checkout().await?,
+            };
+            let timeout = self.pool.settings().server_connect_timeout;
+            match conn.apply_params(&self.wanted_params, timeout).await {
+                Ok(()) => return Ok(conn),
+                Err(crate::server::ServerConnectError::Refused(e)) => {
+                    // The server rejected a value the client asked for: the client must hear it.
+                    return Err(crate::pool::CheckoutError::Connect(
+                        crate::server::ServerConnectError::Refused(e),
+                    ));
+                }
+                Err(e) => {
+                    tracing::info!(database = %self.database, "closing server connection: setting parameters failed: {e}")
+                }
+            }
+        }
+    }
+
     /// Relays until the client leaves, then cleans up.
-    pub async fn run(mut self) {
+    pub async fn run(&mut self) {
         let reason = self.relay_until_done().await;
+        // Boxed: the goodbye is rare and must not enlarge every client's task.
+        Box::pin(self.close(reason)).await;
+    }
+
+    /// Returns or closes the server connection and says goodbye to the client.
+    async fn close(&mut self, reason: Option<ErrorResponse>) {
         match self.server.take() {
             Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
                 self.app.cancel.set_target(self.key, None);
-                self.finish_clean(conn).await;
+                Box::pin(self.finish_clean(conn)).await;
             }
             other => {
                 self.app.cancel.set_target(self.key, None);
@@ -142,9 +191,9 @@ impl Session {
         let _ = self.client.shutdown().await;
     }
 
-    /// A client left with its server connection idle: reset it if the mode asks for it, and
-    /// check it in.
-    async fn finish_clean(&mut self, mut conn: ServerConn) {
+    /// A server connection leaves this client idle: reset it when the client leaves a
+    /// session-mode pool, or at every release with `server_reset_query_always`; check it in.
+    async fn finish_clean(&mut self, mut conn: Box<ServerConn>) {
         let settings = self.pool.settings();
         let reset = self.mode == PoolMode::Session || settings.server_reset_query_always;
         if reset && !settings.server_reset_query.is_empty() {
@@ -158,25 +207,26 @@ impl Session {
                 tracing::info!(database = %self.database, user = %self.user, "closing server connection: server_reset_query failed: {e}");
                 return;
             }
+            conn.params_were_reset();
         }
         Pool::checkin(conn);
     }
 
     /// Returns `None` when the client left normally, or the error to send it before closing.
     async fn relay_until_done(&mut self) -> Option<ErrorResponse> {
-        let general = self.app.config().general.clone();
+        let timers = Timers::new(&self.app.config().general);
         loop {
             // Idle: no bytes in flight, no buffer held.
             let woke = wait_idle(
                 &self.client,
-                self.server.as_ref(),
-                general.client_idle_timeout,
+                self.server.as_deref(),
+                timers.client_idle_timeout,
             )
             .await;
             if let Err(e) = woke {
                 return e;
             }
-            let mut pump = Pump::new(self.status);
+            let mut pump = Pump::new(self.status, timers.max_packet_size);
             if self.server.is_none() {
                 match pump.read_client_now(&self.client) {
                     Ok(true) => {}
@@ -188,7 +238,7 @@ impl Session {
                 if pump.client_done && pump.clen == 0 {
                     return None;
                 }
-                match self.pool.checkout().await {
+                match self.checkout().await {
                     Ok(conn) => self.hold(conn),
                     Err(e) => {
                         let db = self.app.config().database(&self.database);
@@ -202,7 +252,6 @@ impl Session {
                     }
                 }
             }
-            let timers = Timers::new(&general);
             let outcome = {
                 let server = self.server.as_mut().expect("server held");
                 pump.run(&mut self.client, &mut server.stream, self.mode, timers)
@@ -211,8 +260,10 @@ impl Session {
             self.status = pump.status;
             match outcome {
                 Outcome::Done => {
-                    if self.mode != PoolMode::Session {
-                        self.release();
+                    if self.mode != PoolMode::Session
+                        && let Some(conn) = self.release()
+                    {
+                        Box::pin(self.finish_clean(conn)).await;
                     }
                 }
                 Outcome::ClientLeft { clean } => {
@@ -282,19 +333,19 @@ async fn wait_idle(
     server: Option<&ServerConn>,
     idle_timeout: Duration,
 ) -> Result<(), Option<ErrorResponse>> {
-    let readable = async {
-        match server {
-            Some(conn) => tokio::select! {
-                r = client.readable() => r,
-                r = conn.stream.readable() => r,
-            },
-            None => client.readable().await,
+    // Polling readiness directly keeps no future state: an idle client's task stays small.
+    let readable = poll_fn(|cx| {
+        let client_ready = client.poll_read_ready(cx);
+        let server_ready = server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx));
+        match (client_ready, server_ready) {
+            (Poll::Ready(r), _) | (_, Poll::Ready(r)) => Poll::Ready(r),
+            _ => Poll::Pending,
         }
-    };
-    let result = if idle_timeout.is_zero() || server.is_some() {
+    });
+    let result = if idle_timeout.is_zero() {
         readable.await
     } else {
-        match tokio::time::timeout(idle_timeout, readable).await {
+        match Box::pin(tokio::time::timeout(idle_timeout, readable)).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(Some(ErrorResponse::fatal(
@@ -307,18 +358,23 @@ async fn wait_idle(
     result.map_err(|_| None)
 }
 
-/// The timeouts that apply while a server connection is held.
+/// The timeouts and limits of a session, copied from the config at login (small, so an idle
+/// client does not keep the whole config alive).
 #[derive(Debug, Clone, Copy)]
 struct Timers {
+    client_idle_timeout: Duration,
     query_timeout: Duration,
     idle_transaction_timeout: Duration,
+    max_packet_size: usize,
 }
 
 impl Timers {
     fn new(general: &crate::config::General) -> Timers {
         Timers {
+            client_idle_timeout: general.client_idle_timeout,
             query_timeout: general.query_timeout,
             idle_transaction_timeout: general.idle_transaction_timeout,
+            max_packet_size: general.max_packet_size as usize,
         }
     }
 
@@ -327,8 +383,6 @@ impl Timers {
     }
 }
 
-/// Largest message a client may send after login (PgBouncer's max_packet_size default).
-const MAX_CLIENT_MESSAGE: usize = i32::MAX as usize;
 const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
 
 /// The two buffers and the protocol bookkeeping of one stretch of relaying.
@@ -339,6 +393,8 @@ struct Pump {
     sbuf: Buffer,
     slen: usize,
     soff: usize,
+    /// `max_packet_size`: the largest message a client may send after login.
+    max_client_message: usize,
     cscan: Scanner,
     sscan: Scanner,
     /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
@@ -356,7 +412,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(status: TxStatus) -> Pump {
+    fn new(status: TxStatus, max_client_message: usize) -> Pump {
         let now = Instant::now();
         Pump {
             cbuf: Buffer::take(),
@@ -365,6 +421,7 @@ impl Pump {
             sbuf: Buffer::take(),
             slen: 0,
             soff: 0,
+            max_client_message,
             cscan: Scanner::new(),
             sscan: Scanner::new(),
             pending: 0,
@@ -400,23 +457,19 @@ impl Pump {
             &mut self.torn_terminate,
         );
         self.cscan
-            .feed(&self.cbuf[..n], MAX_CLIENT_MESSAGE, |m| match m.tag {
+            .feed(&self.cbuf[..n], self.max_client_message, |m| match m.tag {
                 frontend::QUERY | frontend::FUNCTION_CALL => *pending += 1,
                 frontend::SYNC => {
                     *pending += 1;
                     *unsynced = false;
                 }
-                frontend::TERMINATE => {
-                    if cut.is_none() {
-                        match m.start {
-                            Some(start) => cut = Some(start),
-                            None => {
-                                *torn = true;
-                                cut = Some(0);
-                            }
-                        }
+                frontend::TERMINATE if cut.is_none() => match m.start {
+                    Some(start) => cut = Some(start),
+                    None => {
+                        *torn = true;
+                        cut = Some(0);
                     }
-                }
+                },
                 frontend::PARSE
                 | frontend::BIND
                 | frontend::DESCRIBE
@@ -466,16 +519,32 @@ impl Pump {
         }
     }
 
-    async fn run(
+    /// Relays until something ends the stretch. (A plain fn returning a future: an async fn
+    /// would store its arguments twice in every client's task.)
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a>(
+        &'a mut self,
+        client: &'a mut Stream,
+        server: &'a mut Stream,
+        mode: PoolMode,
+        timers: Timers,
+    ) -> impl Future<Output = Outcome> + Send + 'a {
+        async move {
+            if !timers.enabled() {
+                return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
+            }
+            Box::pin(self.run_timed(client, server, mode, timers)).await
+        }
+    }
+
+    /// `run` with query_timeout / idle_transaction_timeout armed (boxed: the timer is large).
+    async fn run_timed(
         &mut self,
         client: &mut Stream,
         server: &mut Stream,
         mode: PoolMode,
         timers: Timers,
     ) -> Outcome {
-        if !timers.enabled() {
-            return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
-        }
         loop {
             let deadline = self.deadline(timers);
             let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true));
@@ -485,10 +554,10 @@ impl Pump {
                     if let Ok(outcome) = tokio::time::timeout_at(at.into(), relay).await {
                         return outcome;
                     }
-                    if let Some((at, outcome)) = self.deadline(timers) {
-                        if at <= Instant::now() {
-                            return outcome;
-                        }
+                    if let Some((at, outcome)) = self.deadline(timers)
+                        && at <= Instant::now()
+                    {
+                        return outcome;
                     }
                 }
             }
@@ -563,11 +632,12 @@ impl Pump {
                     Poll::Pending => {}
                 }
             }
-            if self.client_done && self.coff == self.clen {
-                if self.pending == 0 || self.torn_terminate {
-                    return Poll::Ready(self.client_left());
-                }
-                // Let the answers to what was sent before Terminate drain first.
+            // After Terminate, the answers to what was sent before it drain first.
+            if self.client_done
+                && self.coff == self.clen
+                && (self.pending == 0 || self.torn_terminate)
+            {
+                return Poll::Ready(self.client_left());
             }
             // Server → client.
             if self.soff == self.slen {

@@ -26,6 +26,17 @@ impl Stream {
         }
     }
 
+    /// Polls for read readiness (or closure) without reading or holding a buffer.
+    pub fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
     /// Reads what is available without waiting; `WouldBlock` when nothing is.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

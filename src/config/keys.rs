@@ -1,6 +1,24 @@
 //! Lists of PgBouncer settings that pgberth recognises but does not implement
 //! yet. Setting one produces a warning instead of an "unknown setting" one.
 
+/// `[pgbouncer]` keys pgberth parses and keeps but whose feature it does not have yet, with
+/// the reason shown in the warning.
+pub const NOT_YET_EFFECTIVE_GENERAL_KEYS: &[(&str, &str)] = &[
+    ("admin_users", "the admin console is not available yet"),
+    ("stats_users", "the admin console is not available yet"),
+    ("stats_period", "statistics are not collected yet"),
+    ("log_stats", "statistics are not collected yet"),
+    ("auth_user", "auth_query is not supported yet"),
+    ("auth_query", "auth_query is not supported yet"),
+    ("auth_dbname", "auth_query is not supported yet"),
+    ("auth_hba_file", "auth_type = hba is not supported yet"),
+    ("metrics_listen", "Prometheus metrics are not available yet"),
+    (
+        "disable_pqexec",
+        "multi-statement queries are always allowed",
+    ),
+];
+
 /// `[pgbouncer]` keys of PgBouncer 1.25 that have no field in `General`.
 pub const UNSUPPORTED_GENERAL_KEYS: &[&str] = &[
     "auth_ident_file",

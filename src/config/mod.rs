@@ -31,7 +31,10 @@ pub use database::{Database, UserSettings};
 pub use error::{ConfigError, Diagnostic};
 pub use general::General;
 pub use ini::MAX_INCLUDE_DEPTH;
-pub use keys::{UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_GENERAL_KEYS, UNSUPPORTED_USER_KEYS};
+pub use keys::{
+    NOT_YET_EFFECTIVE_GENERAL_KEYS, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_GENERAL_KEYS,
+    UNSUPPORTED_USER_KEYS,
+};
 pub use userlist::{Secret, Userlist};
 pub use values::{AuthType, PoolMode};
 
@@ -113,6 +116,13 @@ impl Config {
             "pgbouncer" => {
                 let key = entry.key.to_ascii_lowercase();
                 let applied = self.general.apply(&key, &entry.value, &self.path, at)?;
+                if let Some((_, why)) = NOT_YET_EFFECTIVE_GENERAL_KEYS
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                {
+                    self.warnings
+                        .push(at.warning(format!("`{key}` has no effect yet: {why}")));
+                }
                 if applied == Applied::Unknown {
                     let message = if UNSUPPORTED_GENERAL_KEYS.contains(&key.as_str()) {
                         format!("`{key}` is not supported by pgberth yet, ignored")

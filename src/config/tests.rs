@@ -149,7 +149,12 @@ fn full_example_is_parsed() {
         ),
     ]);
     let c = Config::load(&path).unwrap();
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // Only keys whose feature is not there yet warn (admin console, stats).
+    assert!(
+        c.warnings.iter().all(|w| w.message.contains("has no effect yet")),
+        "{:?}",
+        c.warnings
+    );
     let g = &c.general;
     assert_eq!(g.listen_addr, vec!["127.0.0.1", "::1"]);
     assert_eq!(g.listen_port, 7432);

@@ -44,6 +44,10 @@ pub struct ServerConn {
     pub backend_secret: u32,
     pub connected_at: Instant,
     pub last_used: Instant,
+    /// ParameterStatus values reported at login.
+    login_params: Arc<[(String, String)]>,
+    /// Parameters pgberth changed with SET since login or the last reset.
+    set_params: Vec<(String, String)>,
     generation: u64,
     slot: Slot,
 }
@@ -51,6 +55,58 @@ pub struct ServerConn {
 impl ServerConn {
     pub fn pool(&self) -> &Arc<Pool> {
         &self.slot.pool
+    }
+
+    /// The current value of a parameter on this connection, as far as pgberth knows.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        let by_name = |(k, _): &&(String, String)| k.eq_ignore_ascii_case(name);
+        self.set_params
+            .iter()
+            .find(by_name)
+            .or_else(|| self.login_params.iter().find(by_name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when the connection's parameters already are what `apply_params` would set.
+    pub fn params_match(&self, wanted: &[(String, String)]) -> bool {
+        wanted
+            .iter()
+            .all(|(name, value)| self.param(name) == Some(value.as_str()))
+            && self
+                .set_params
+                .iter()
+                .all(|(k, _)| wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(k)))
+    }
+
+    /// Makes the connection's parameters match `wanted` (the client's startup parameters;
+    /// any parameter pgberth changed earlier that the client did not ask for goes back to its
+    /// login value), with one round trip and only when something differs.
+    pub async fn apply_params(
+        &mut self,
+        wanted: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), ServerConnectError> {
+        let mut sql = String::new();
+        for (name, value) in wanted {
+            if self.param(name) != Some(value.as_str()) {
+                sql.push_str(&format!("SET {} TO '{}';", name, value.replace('\'', "''")));
+            }
+        }
+        let is_wanted = |name: &str| wanted.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        for (name, _) in self.set_params.iter().filter(|(k, _)| !is_wanted(k)) {
+            sql.push_str(&format!("RESET {name};"));
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        server::run_internal_query(&mut self.stream, &sql, timeout).await?;
+        self.set_params = wanted.to_vec();
+        Ok(())
+    }
+
+    /// After a reset query (DISCARD ALL / RESET ALL) parameters are back to their login values.
+    pub fn params_were_reset(&mut self) {
+        self.set_params.clear();
     }
 }
 
@@ -69,7 +125,7 @@ impl Drop for Slot {
 /// What a waiting client is handed: a connection someone checked in, or room to open one.
 #[derive(Debug)]
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     Slot(Slot),
 }
 
@@ -82,11 +138,28 @@ pub enum CheckoutError {
     Connect(#[from] ServerConnectError),
     #[error("pool is shutting down")]
     Closed,
+    /// A login failed less than `server_login_retry` ago; no new attempt is made yet.
+    #[error("server login has been failing, try again later (server_login_retry): {message}")]
+    LoginRetry {
+        message: String,
+        code: Option<String>,
+    },
+}
+
+/// The last failed attempt to open a server connection.
+#[derive(Debug, Clone)]
+struct LoginFailure {
+    at: Instant,
+    message: String,
+    /// The server's SQLSTATE when the server refused the login.
+    code: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    idle: Vec<ServerConn>,
+    // Boxed: connections move between the pool and clients' tasks as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     waiters: VecDeque<oneshot::Sender<Grant>>,
     /// Slots taken: connections open or being opened.
     open: usize,
@@ -96,6 +169,7 @@ struct Inner {
     params: Option<Arc<[(String, String)]>>,
     /// SCRAM keys from a client's exchange, for logging in without a plaintext password.
     scram_keys: Option<([u8; 32], [u8; 32])>,
+    last_failure: Option<LoginFailure>,
 }
 
 /// The pool of one (database, user).
@@ -273,10 +347,39 @@ impl Pool {
         true
     }
 
+    /// The fast path of checkout, with no waiting: an idle connection that needs no health
+    /// check, if there is one.
+    pub fn try_checkout_idle(&self) -> Option<Box<ServerConn>> {
+        let settings = self.settings.load();
+        let mut stale = Vec::new();
+        let found = {
+            let mut inner = self.lock();
+            loop {
+                let Some(conn) = inner.idle.pop() else {
+                    break None;
+                };
+                if conn.generation != inner.generation || settings.lifetime_over(&conn) {
+                    stale.push(conn);
+                } else if conn.last_used.elapsed() >= settings.server_check_delay
+                    && !settings.server_check_query.is_empty()
+                {
+                    inner.idle.push(conn);
+                    break None;
+                } else {
+                    break Some(conn);
+                }
+            }
+        };
+        drop(stale);
+        let mut conn = found?;
+        conn.last_used = Instant::now();
+        Some(conn)
+    }
+
     /// Gets a server connection for a client: an idle one (health-checked when it idled longer
     /// than `server_check_delay`), a new one when the pool has room, or the first one freed
     /// while the client waits in line (up to `query_wait_timeout`).
-    pub async fn checkout(self: &Arc<Pool>) -> Result<ServerConn, CheckoutError> {
+    pub async fn checkout(self: &Arc<Pool>) -> Result<Box<ServerConn>, CheckoutError> {
         let settings = self.settings.load_full();
         let started = Instant::now();
         loop {
@@ -377,31 +480,78 @@ impl Pool {
         self: &Arc<Pool>,
         slot: Slot,
         settings: &PoolSettings,
-    ) -> Result<ServerConn, CheckoutError> {
-        let generation = self.lock().generation;
+    ) -> Result<Box<ServerConn>, CheckoutError> {
+        let (generation, recent_failure) = {
+            let inner = self.lock();
+            let recent = inner
+                .last_failure
+                .as_ref()
+                .filter(|f| f.at.elapsed() < settings.server_login_retry)
+                .cloned();
+            (inner.generation, recent)
+        };
+        if let Some(failure) = recent_failure {
+            return Err(CheckoutError::LoginRetry {
+                message: failure.message,
+                code: failure.code,
+            });
+        }
         let password = self.server_password(settings);
-        let logged_in =
-            server::connect(&settings.target, &password, settings.server_connect_timeout).await?;
+        let attempt = async {
+            let mut logged_in =
+                server::connect(&settings.target, &password, settings.server_connect_timeout)
+                    .await?;
+            if let Some(sql) = &settings.connect_query {
+                server::run_internal_query(
+                    &mut logged_in.stream,
+                    sql,
+                    settings.server_connect_timeout,
+                )
+                .await?;
+            }
+            Ok::<_, ServerConnectError>(logged_in)
+        };
+        let logged_in = match attempt.await {
+            Ok(logged_in) => logged_in,
+            Err(e) => {
+                let code = match &e {
+                    ServerConnectError::Refused(server) => Some(server.code.clone()),
+                    _ => None,
+                };
+                tracing::warn!(database = %self.key.database, user = %self.key.user, "server login failed: {e}");
+                self.lock().last_failure = Some(LoginFailure {
+                    at: Instant::now(),
+                    message: e.to_string(),
+                    code,
+                });
+                drop(slot);
+                return Err(e.into());
+            }
+        };
+        self.lock().last_failure = None;
         let now = Instant::now();
         let id = ServerId(NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed));
-        self.lock().params = Some(logged_in.params.into());
+        let login_params: Arc<[(String, String)]> = logged_in.params.into();
+        self.lock().params = Some(login_params.clone());
         tracing::debug!(server = id.0, pool = %self.key.database, user = %self.key.user, "server connection opened to {}", settings.target.describe());
-        Ok(ServerConn {
+        Ok(Box::new(ServerConn {
             stream: logged_in.stream,
             id,
             backend_pid: logged_in.backend_pid,
             backend_secret: logged_in.backend_secret,
             connected_at: now,
             last_used: now,
+            login_params,
+            set_params: Vec::new(),
             generation,
             slot,
-        })
+        }))
     }
 
     /// Returns a connection whose state is known to be idle (no transaction, nothing pending)
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
-    pub fn checkin(mut conn: ServerConn) {
+    pub fn checkin(mut conn: Box<ServerConn>) {
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
         conn.last_used = Instant::now();

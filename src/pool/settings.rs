@@ -26,6 +26,9 @@ pub struct PoolSettings {
     pub server_check_delay: Duration,
     pub server_check_query: String,
     pub server_connect_timeout: Duration,
+    pub server_login_retry: Duration,
+    /// Run once on every new server connection, after login.
+    pub connect_query: Option<String>,
     pub query_wait_timeout: Duration,
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
@@ -98,6 +101,8 @@ impl PoolSettings {
             server_check_delay: g.server_check_delay,
             server_check_query: g.server_check_query.clone(),
             server_connect_timeout: g.server_connect_timeout,
+            server_login_retry: g.server_login_retry,
+            connect_query: db.connect_query.clone(),
             query_wait_timeout: g.query_wait_timeout,
             server_reset_query: g.server_reset_query.clone(),
             server_reset_query_always: g.server_reset_query_always,

@@ -80,28 +80,6 @@ pub fn peek_header(buf: &[u8]) -> Option<(u8, usize)> {
     Some((buf[0], len + 1))
 }
 
-/// Splits a complete tagged message off the front of `buf` when it is all there.
-/// Returns `Err` when the length field is below 4 or above `max_len`, before anything is
-/// allocated for it.
-pub fn split_message(buf: &[u8], max_len: usize) -> Result<Option<(u8, &[u8], usize)>, FrameError> {
-    let Some((tag, total)) = peek_header(buf) else {
-        return Ok(None);
-    };
-    if total < 5 {
-        return Err(FrameError::BadLength(total.saturating_sub(1)));
-    }
-    if total > max_len {
-        return Err(FrameError::TooLong {
-            len: total,
-            max: max_len,
-        });
-    }
-    if buf.len() < total {
-        return Ok(None);
-    }
-    Ok(Some((tag, &buf[5..total], total)))
-}
-
 /// A length field that cannot be right.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -123,26 +101,6 @@ pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_message_waits_for_the_whole_message() {
-        let msg = [b'Z', 0, 0, 0, 5, b'I'];
-        assert_eq!(split_message(&msg[..3], 100), Ok(None));
-        assert_eq!(split_message(&msg[..5], 100), Ok(None));
-        assert_eq!(split_message(&msg, 100), Ok(Some((b'Z', &b"I"[..], 6))));
-    }
-
-    #[test]
-    fn split_message_rejects_short_and_huge_lengths_before_allocating() {
-        assert_eq!(
-            split_message(&[b'Q', 0, 0, 0, 3], 100),
-            Err(FrameError::BadLength(3))
-        );
-        assert!(matches!(
-            split_message(&[b'p', 0x7f, 0xff, 0xff, 0xff], 10_000),
-            Err(FrameError::TooLong { .. })
-        ));
-    }
 
     #[test]
     fn read_cstr_splits_at_nul() {

@@ -18,7 +18,8 @@ pub struct Message {
     pub first_byte: u8,
 }
 
-/// Position inside a stream of messages; lives as long as the connection.
+/// Position inside a stream of messages. The relay starts a fresh one at each message
+/// boundary where it picks up a stream again.
 #[derive(Debug, Clone, Default)]
 pub struct Scanner {
     header: [u8; 5],
