@@ -151,7 +151,9 @@ fn full_example_is_parsed() {
     let c = Config::load(&path).unwrap();
     // Only keys whose feature is not there yet warn (admin console, stats).
     assert!(
-        c.warnings.iter().all(|w| w.message.contains("has no effect yet")),
+        c.warnings
+            .iter()
+            .all(|w| w.message.contains("has no effect yet")),
         "{:?}",
         c.warnings
     );
