@@ -1022,3 +1022,39 @@ async fn failed_copy_in_returns_the_server_in_transaction_mode() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+#[ignore = "pgberth bug: no eviction of idle connections of other pools when max_user_connections is reached"]
+async fn max_user_connections_serves_a_waiting_client_once_another_pools_client_leaves() {
+    // PgBouncer closes an idle connection of another pool of the user for a client waiting on
+    // max_user_connections; pgberth leaves it idle until server_idle_timeout.
+    let tag = "max_user_evict";
+    let databases = format!(
+        "{}\napp2 = host=127.0.0.1 port=@PGPORT@ dbname=app application_name={tag}",
+        app_line(tag, "")
+    );
+    let pgberth = Pgberth::start(
+        &ini(
+            "pool_mode = transaction\ndefault_pool_size = 5\nmax_user_connections = 1\n\
+             query_wait_timeout = 30",
+            &databases,
+            "",
+        ),
+        USERLIST,
+    );
+    let a = connect(&pgberth, SCRAM_USER).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    pid(&a).await;
+    let port_conn = pgberth.conn_str(SCRAM_USER, SCRAM_PASS, "app2");
+    let waiting = assert_blocks("a client of app2 beyond max_user_connections", async move {
+        let (b, connection) = tokio_postgres::connect(&port_conn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        pid(&b).await
+    })
+    .await;
+    a.batch_execute("COMMIT").await.unwrap();
+    drop(a);
+    finishes("app2's client after app's client left", waiting).await;
+    let direct = direct().await;
+    assert_eq!(server_count(&direct, tag).await, 1);
+}
