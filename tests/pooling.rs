@@ -703,7 +703,8 @@ async fn waiting_clients_are_served_in_fifo_order() {
     for (i, client) in waiters.into_iter().enumerate() {
         let sql = format!("SELECT nextval('{seq}')");
         let handle = assert_blocks(&format!("waiter {i}"), async move {
-            let v: i64 = client.query_one(&sql, &[]).await.unwrap().get(0);
+            // One round trip (a single Sync): query_one would prepare first and queue twice.
+            let v: i64 = client.query_typed_one(&sql, &[]).await.unwrap().get(0);
             v
         })
         .await;
