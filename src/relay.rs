@@ -394,13 +394,18 @@ struct Pump {
     slen: usize,
     soff: usize,
     /// `max_packet_size`: the largest message a client may send after login.
-    max_client_message: usize,
+    max_client_message: u32,
     cscan: Scanner,
     sscan: Scanner,
     /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
     pending: u32,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
+    /// Syncs forwarded since the last Execute or Query. If that command turns out to be a
+    /// COPY FROM STDIN, the server ignores them (and any Sync until CopyDone/CopyFail).
+    syncs_since_execute: u16,
+    /// The server is in copy-in mode: it ignores Sync until the client's CopyDone/CopyFail.
+    copy_in: bool,
     /// The client sent Terminate (stripped, never forwarded).
     client_done: bool,
     /// A Terminate that began in an earlier chunk was partly forwarded: the server is unusable.
@@ -421,11 +426,13 @@ impl Pump {
             sbuf: Buffer::take(),
             slen: 0,
             soff: 0,
-            max_client_message,
+            max_client_message: u32::try_from(max_client_message).unwrap_or(u32::MAX),
             cscan: Scanner::new(),
             sscan: Scanner::new(),
             pending: 0,
             unsynced: false,
+            syncs_since_execute: 0,
+            copy_in: false,
             client_done: false,
             torn_terminate: false,
             status,
@@ -456,28 +463,43 @@ impl Pump {
             &mut self.unsynced,
             &mut self.torn_terminate,
         );
+        let (syncs, copy_in) = (&mut self.syncs_since_execute, &mut self.copy_in);
         self.cscan
-            .feed(&self.cbuf[..n], self.max_client_message, |m| match m.tag {
-                frontend::QUERY | frontend::FUNCTION_CALL => *pending += 1,
-                frontend::SYNC => {
-                    *pending += 1;
-                    *unsynced = false;
-                }
-                frontend::TERMINATE if cut.is_none() => match m.start {
-                    Some(start) => cut = Some(start),
-                    None => {
-                        *torn = true;
-                        cut = Some(0);
+            .feed(
+                &self.cbuf[..n],
+                self.max_client_message as usize,
+                |m| match m.tag {
+                    frontend::QUERY | frontend::FUNCTION_CALL => {
+                        *pending += 1;
+                        *syncs = 0;
                     }
+                    // PostgreSQL ignores Sync in copy-in mode: no ReadyForQuery will answer it.
+                    frontend::SYNC if *copy_in => {}
+                    frontend::SYNC => {
+                        *pending += 1;
+                        *syncs = syncs.saturating_add(1);
+                        *unsynced = false;
+                    }
+                    frontend::COPY_DONE | frontend::COPY_FAIL => *copy_in = false,
+                    frontend::EXECUTE => {
+                        *unsynced = true;
+                        *syncs = 0;
+                    }
+                    frontend::TERMINATE if cut.is_none() => match m.start {
+                        Some(start) => cut = Some(start),
+                        None => {
+                            *torn = true;
+                            cut = Some(0);
+                        }
+                    },
+                    frontend::PARSE
+                    | frontend::BIND
+                    | frontend::DESCRIBE
+                    | frontend::CLOSE
+                    | frontend::FLUSH => *unsynced = true,
+                    _ => {}
                 },
-                frontend::PARSE
-                | frontend::BIND
-                | frontend::DESCRIBE
-                | frontend::EXECUTE
-                | frontend::CLOSE
-                | frontend::FLUSH => *unsynced = true,
-                _ => {}
-            })
+            )
             .map_err(Outcome::ClientProtocol)?;
         self.coff = 0;
         self.clen = n;
@@ -490,12 +512,28 @@ impl Pump {
 
     fn server_bytes(&mut self, n: usize) -> Result<(), Outcome> {
         let (pending, status) = (&mut self.pending, &mut self.status);
+        let (unsynced, syncs, copy_in) = (
+            &mut self.unsynced,
+            &mut self.syncs_since_execute,
+            &mut self.copy_in,
+        );
         self.sscan
-            .feed(&self.sbuf[..n], MAX_SERVER_MESSAGE, |m| {
-                if m.tag == backend::READY_FOR_QUERY {
+            .feed(&self.sbuf[..n], MAX_SERVER_MESSAGE, |m| match m.tag {
+                backend::READY_FOR_QUERY => {
                     *pending = pending.saturating_sub(1);
                     *status = TxStatus::from_byte(m.first_byte).unwrap_or(TxStatus::Failed);
                 }
+                backend::COPY_IN_RESPONSE => {
+                    // Syncs the client pipelined after the Execute that started this COPY
+                    // are ignored by the server: they get no ReadyForQuery.
+                    if *syncs > 0 {
+                        *pending = pending.saturating_sub(u32::from(*syncs));
+                        *unsynced = true;
+                        *syncs = 0;
+                    }
+                    *copy_in = true;
+                }
+                _ => {}
             })
             .map_err(Outcome::ServerProtocol)?;
         self.soff = 0;

@@ -41,6 +41,7 @@ pub mod backend {
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
 }
 
 /// Transaction status reported by `ReadyForQuery`.
