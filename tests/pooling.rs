@@ -789,7 +789,6 @@ async fn max_db_connections_caps_connections_across_users_of_a_database() {
 }
 
 #[tokio::test]
-#[ignore = "pgberth bug: no eviction of idle connections of other pools when max_db_connections is reached"]
 async fn max_db_connections_hands_an_idle_connection_slot_to_another_users_pool() {
     // PgBouncer closes an idle server connection of another pool of the database when
     // max_db_connections is reached, rather than leaving the client waiting until
@@ -1025,7 +1024,6 @@ async fn failed_copy_in_returns_the_server_in_transaction_mode() {
 }
 
 #[tokio::test]
-#[ignore = "pgberth bug: no eviction of idle connections of other pools when max_user_connections is reached"]
 async fn max_user_connections_serves_a_waiting_client_once_another_pools_client_leaves() {
     // PgBouncer closes an idle connection of another pool of the user for a client waiting on
     // max_user_connections; pgberth leaves it idle until server_idle_timeout.

@@ -24,6 +24,12 @@ impl Limit {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// True when a maximum is set and reached.
+    pub fn is_full(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        max != 0 && self.count.load(Ordering::Relaxed) >= max
+    }
+
     /// Takes one unit if under the maximum.
     pub fn try_acquire(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);

@@ -429,14 +429,20 @@ impl Pool {
                     None => {
                         let (tx, rx) = oneshot::channel();
                         inner.waiters.push_back(tx);
-                        Err(rx)
+                        // Below its own size, the pool is held back by a shared limit.
+                        Err((rx, inner.open < settings.pool_size))
                     }
                 }
             };
             drop(stale);
             let grant = match step {
                 Ok(grant) => grant,
-                Err(rx) => self.wait(rx, &settings, started).await?,
+                Err((rx, held_by_shared_limit)) => {
+                    if held_by_shared_limit {
+                        self.evict_idle_sibling();
+                    }
+                    self.wait(rx, &settings, started).await?
+                }
             };
             match grant {
                 Grant::Conn(mut conn) => {
@@ -573,6 +579,49 @@ impl Pool {
         }))
     }
 
+    /// The other pools under this pool's database or user limit, where that limit is full.
+    fn siblings_under_full_limits(self: &Arc<Pool>) -> Vec<Arc<Pool>> {
+        let mut siblings = Vec::new();
+        for limit in [&self.db_limit, &self.user_limit] {
+            if limit.is_full() {
+                siblings.extend(
+                    limit
+                        .members()
+                        .into_iter()
+                        .filter(|p| !Arc::ptr_eq(p, self)),
+                );
+            }
+        }
+        siblings
+    }
+
+    /// A client waits because `max_db_connections` or `max_user_connections` is reached:
+    /// close the oldest idle connection of another pool under that limit, as PgBouncer does.
+    /// Its freed slot comes to this pool's waiter (`slot_freed`).
+    fn evict_idle_sibling(self: &Arc<Pool>) {
+        for sibling in self.siblings_under_full_limits() {
+            let oldest = {
+                let mut inner = sibling.lock();
+                (!inner.idle.is_empty()).then(|| inner.idle.remove(0))
+            };
+            if let Some(conn) = oldest {
+                drop(conn);
+                return;
+            }
+        }
+    }
+
+    /// True when a client of another pool waits under a full shared limit of this pool: a
+    /// connection checked in here should close to make room.
+    fn sibling_needs_room(self: &Arc<Pool>) -> bool {
+        if !self.db_limit.is_full() && !self.user_limit.is_full() {
+            return false;
+        }
+        self.siblings_under_full_limits()
+            .iter()
+            .any(|p| p.counts().waiting > 0)
+    }
+
     /// Returns a connection whose state is known to be idle (no transaction, nothing pending)
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
@@ -580,6 +629,7 @@ impl Pool {
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
         conn.last_used = Instant::now();
+        let pool_needs_room = pool.sibling_needs_room();
         let leftover = {
             let mut inner = pool.lock();
             let too_many = inner.open > settings.pool_size + settings.reserve_pool;
@@ -597,12 +647,14 @@ impl Pool {
                             Ok(()) => break None,
                             Err(back) => grant = back,
                         },
-                        None => {
-                            if let Grant::Conn(conn) = grant {
+                        None => match grant {
+                            Grant::Conn(conn) if !pool_needs_room => {
                                 inner.idle.push(conn);
+                                break None;
                             }
-                            break None;
-                        }
+                            Grant::Conn(conn) => break Some(conn),
+                            Grant::Slot(_) => unreachable!("checkin only hands out connections"),
+                        },
                     }
                 }
             }
