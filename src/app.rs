@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+use crate::tls::TlsSettings;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,7 @@ pub enum RunState {
 #[derive(Debug)]
 pub struct App {
     config: ArcSwap<Config>,
+    tls: ArcSwap<TlsSettings>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
@@ -50,9 +52,10 @@ impl Drop for ClientSlot {
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    pub fn new(config: Config, tls: TlsSettings) -> Arc<App> {
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
+            tls: ArcSwap::from_pointee(tls),
             pools: Mutex::default(),
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
@@ -64,6 +67,11 @@ impl App {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The TLS settings of the running config (rebuilt on reload).
+    pub fn tls(&self) -> Arc<TlsSettings> {
+        self.tls.load_full()
     }
 
     /// Counts a new client; `Err` when `max_client_conn` clients are already connected. The
@@ -109,7 +117,7 @@ impl App {
             return pool.clone();
         }
         let config = self.config.load();
-        let settings = PoolSettings::new(&config, db, server_user);
+        let settings = PoolSettings::new(&config, &self.tls.load(), db, server_user);
         let db_limit = App::limit(&self.db_limits, &db.name, settings.max_db_connections);
         let user_limit = App::limit(
             &self.user_limits,
@@ -132,13 +140,15 @@ impl App {
 
     /// Swaps in a new, already validated config. Pools keep their connections unless their
     /// server target or password changed; pools of removed databases are closed.
-    pub fn reload(&self, new: Config) {
+    pub fn reload(&self, new: Config, tls: TlsSettings) {
         let new = Arc::new(new);
+        let tls = Arc::new(tls);
+        self.tls.store(tls.clone());
         self.config.store(new.clone());
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|key, pool| match new.database(&key.database) {
             Some(db) => {
-                let settings = PoolSettings::new(&new, &db, &key.user);
+                let settings = PoolSettings::new(&new, &tls, &db, &key.user);
                 App::limit(&self.db_limits, &db.name, settings.max_db_connections);
                 App::limit(&self.user_limits, &key.user, settings.max_user_connections);
                 pool.update_settings(settings);

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::app::{App, ClientSlot};
 use crate::auth::{ScramSecret, ScramServer, ScramVerifier, md5_secret, verify_md5_response};
 use crate::cancel::ClientKey;
-use crate::config::{AuthType, Config, Database, PoolMode, Secret};
+use crate::config::{AuthType, Config, Database, PoolMode, Secret, SslMode};
 use crate::pool::{CheckoutError, Pool};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::protocol::{ErrorResponse, MAX_PRE_AUTH_MESSAGE, SqlState, TxStatus, build, frontend};
@@ -41,6 +41,8 @@ pub enum LoginError {
     Cancel,
     #[error("login timed out (client_login_timeout)")]
     Timeout,
+    #[error("TLS handshake with the client failed: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Serves one accepted connection until it closes.
@@ -83,7 +85,7 @@ async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Op
         Err(LoginError::Reported(e)) if config.general.log_pooler_errors => {
             tracing::warn!(peer = %peer, "login refused: {} ({})", e.message, e.code.as_str());
         }
-        Err(e @ LoginError::Timeout) => tracing::info!(peer = %peer, "{e}"),
+        Err(e @ (LoginError::Timeout | LoginError::Tls(_))) => tracing::info!(peer = %peer, "{e}"),
         Err(e @ (LoginError::Gone(_) | LoginError::Io(_))) => tracing::debug!(peer = %peer, "{e}"),
         Err(_) => {}
     }
@@ -98,30 +100,41 @@ async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
 
 /// Reads the startup packet, answering SSL/GSS requests with "no" until a StartupMessage or a
 /// CancelRequest arrives.
-async fn read_startup(app: &App, stream: &mut Stream) -> Result<StartupParams, LoginError> {
+async fn read_startup(
+    app: &App,
+    mut stream: Stream,
+) -> Result<(Stream, StartupParams), LoginError> {
+    let tls = app.tls();
     loop {
         let mut header = [0u8; 4];
         stream.read_exact(&mut header).await?;
         let len = match startup::startup_length(header) {
             Ok(len) => len,
             Err(e) => {
-                return Err(send_fatal(
-                    stream,
-                    ErrorResponse::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!("invalid startup packet: {e}"),
-                    ),
-                )
-                .await);
+                let msg = format!("invalid startup packet: {e}");
+                let err = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg);
+                return Err(send_fatal(&mut stream, err).await);
             }
         };
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await?;
         match startup::parse_startup(&body) {
-            Ok(StartupPacket::Startup(params)) => return Ok(params),
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
-                stream.write_all(b"N").await?
+            Ok(StartupPacket::Startup(params)) => return Ok((stream, params)),
+            Ok(StartupPacket::SslRequest) => {
+                stream = match (stream, &tls.acceptor) {
+                    (Stream::Tcp(mut tcp), Some(config)) => {
+                        tcp.write_all(b"S").await?;
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                        let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+                        Stream::TlsFromClient(Box::new(tls))
+                    }
+                    (mut other, _) => {
+                        other.write_all(b"N").await?;
+                        other
+                    }
+                };
             }
+            Ok(StartupPacket::GssEncRequest) => stream.write_all(b"N").await?,
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 forward_cancel(app, pid, secret).await;
                 return Err(LoginError::Cancel);
@@ -129,21 +142,13 @@ async fn read_startup(app: &App, stream: &mut Stream) -> Result<StartupParams, L
             Err(startup::StartupError::UnsupportedProtocol { major, minor }) => {
                 let msg =
                     format!("unsupported frontend protocol {major}.{minor}: server supports 3.0");
-                return Err(send_fatal(
-                    stream,
-                    ErrorResponse::fatal(SqlState::FEATURE_NOT_SUPPORTED, msg),
-                )
-                .await);
+                let err = ErrorResponse::fatal(SqlState::FEATURE_NOT_SUPPORTED, msg);
+                return Err(send_fatal(&mut stream, err).await);
             }
             Err(e) => {
-                return Err(send_fatal(
-                    stream,
-                    ErrorResponse::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!("invalid startup packet: {e}"),
-                    ),
-                )
-                .await);
+                let msg = format!("invalid startup packet: {e}");
+                let err = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg);
+                return Err(send_fatal(&mut stream, err).await);
             }
         }
     }
@@ -170,12 +175,23 @@ async fn forward_cancel(app: &App, pid: u32, secret: u32) {
 async fn login(
     app: &Arc<App>,
     config: &Config,
-    mut stream: Stream,
+    stream: Stream,
     admitted: bool,
     peer: &str,
 ) -> Result<Session, LoginError> {
-    let params = read_startup(app, &mut stream).await?;
+    let (mut stream, params) = read_startup(app, stream).await?;
     let fatal = |code, msg: String| ErrorResponse::fatal(code, msg);
+    // client_tls_sslmode = require and stricter: TCP clients must have switched to TLS (unix
+    // socket clients cannot, and are exempt, as in PgBouncer).
+    if app.tls().client_mode >= SslMode::Require && stream.tcp().is_some() && !stream.is_tls() {
+        let msg =
+            "TLS required: pgberth accepts only encrypted connections here (client_tls_sslmode)";
+        return Err(send_fatal(
+            &mut stream,
+            fatal(SqlState::INVALID_AUTHORIZATION, msg.into()),
+        )
+        .await);
+    }
 
     if !admitted {
         return Err(send_fatal(
@@ -596,7 +612,13 @@ mod tests {
             "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\n",
         )
         .unwrap();
-        (App::new(Config::load(&ini).unwrap()), dir)
+        (
+            App::new(
+                Config::load(&ini).unwrap(),
+                crate::tls::TlsSettings::disabled(),
+            ),
+            dir,
+        )
     }
 
     /// Every connected client is one task; its future is allocated whole, so its size is what

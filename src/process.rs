@@ -12,6 +12,7 @@ use tracing_subscriber::prelude::*;
 use crate::app::{App, RunState};
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, Bound, ListenError};
+use crate::tls::TlsSettings;
 
 /// Command-line options of the pooler itself.
 #[derive(Debug, Clone, Default)]
@@ -49,23 +50,27 @@ pub enum RunError {
     DaemonWithoutLog,
     #[error("auth_type \"{0}\" is not supported by pgberth yet")]
     UnsupportedAuth(&'static str),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// Loads and checks a config the way start-up does, including settings this build refuses.
-pub fn load_config(path: &Path) -> Result<Config, RunError> {
+/// Loads and checks a config the way start-up does, including settings this build refuses,
+/// and builds its TLS settings (reading every key and certificate file).
+pub fn load_config(path: &Path) -> Result<(Config, TlsSettings), RunError> {
     let config = Config::load(path)?;
     use crate::config::AuthType;
     if let a @ (AuthType::Cert | AuthType::Hba | AuthType::Pam) = config.general.auth_type {
         return Err(RunError::UnsupportedAuth(a.as_str()));
     }
-    Ok(config)
+    let tls = TlsSettings::new(&config.general)?;
+    Ok((config, tls))
 }
 
 /// Runs the pooler until it is told to stop. Blocks.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
-    let config = load_config(&options.config_path)?;
+    let (config, tls) = load_config(&options.config_path)?;
     let bound = listener::bind(&config.general)?;
     if let Some(user) = options.user.clone().or(config.general.user.clone()) {
         switch_user(&user)?;
@@ -101,7 +106,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .build()
         .map_err(RunError::Runtime)?;
     let pidfile = config.general.pidfile.clone();
-    let result = runtime.block_on(serve(options.config_path.clone(), config, bound));
+    let result = runtime.block_on(serve(options.config_path.clone(), config, tls, bound));
     runtime.shutdown_background();
     if let Some(pidfile) = pidfile {
         let _ = std::fs::remove_file(pidfile);
@@ -111,8 +116,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
 /// Serves clients from already bound sockets until SIGTERM, or SIGINT and the last client
 /// leaving.
-async fn serve(config_path: PathBuf, config: Config, bound: Bound) -> Result<(), RunError> {
-    let app = App::new(config);
+async fn serve(
+    config_path: PathBuf,
+    config: Config,
+    tls: TlsSettings,
+    bound: Bound,
+) -> Result<(), RunError> {
+    let app = App::new(config, tls);
     let mut unix_path = None;
     for l in bound.tcp {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -175,7 +185,7 @@ async fn serve(config_path: PathBuf, config: Config, bound: Bound) -> Result<(),
 /// SIGHUP: re-reads the config; a config with errors is refused and the old one stays.
 pub fn reload(app: &App, path: &Path) {
     match load_config(path) {
-        Ok(new) => {
+        Ok((new, tls)) => {
             for warning in &new.warnings {
                 tracing::warn!("{warning}");
             }
@@ -188,7 +198,7 @@ pub fn reload(app: &App, path: &Path) {
                     "listen_addr, listen_port and unix_socket_dir take effect only at restart"
                 );
             }
-            app.reload(new);
+            app.reload(new, tls);
             tracing::info!("configuration reloaded from {}", path.display());
         }
         Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
@@ -304,7 +314,7 @@ fn init_logging(config: &Config, options: &RunOptions) -> Result<(), RunError> {
 /// whether the config is usable.
 pub fn check(path: &Path, out: &mut impl Write) -> bool {
     match load_config(path) {
-        Ok(config) => {
+        Ok((config, _)) => {
             for w in &config.warnings {
                 let _ = writeln!(out, "warning: {w}");
             }

@@ -228,7 +228,7 @@ impl Session {
             }
             let mut pump = Pump::new(self.status, timers.max_packet_size);
             if self.server.is_none() {
-                match pump.read_client_now(&self.client) {
+                match pump.read_client_now(&mut self.client) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(Outcome::ClientLeft { .. }) => return None,
@@ -442,14 +442,14 @@ impl Pump {
     }
 
     /// Reads what the client has sent without waiting; `Ok(false)` when nothing was there.
-    fn read_client_now(&mut self, client: &Stream) -> Result<bool, Outcome> {
-        match client.try_read(&mut self.cbuf) {
-            Ok(0) => Err(Outcome::ClientLeft { clean: true }),
-            Ok(n) => {
+    fn read_client_now(&mut self, client: &mut Stream) -> Result<bool, Outcome> {
+        match client.read_now(&mut self.cbuf) {
+            Ok(Some(0)) => Err(Outcome::ClientLeft { clean: true }),
+            Ok(Some(n)) => {
                 self.client_bytes(n)?;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Ok(None) => Ok(false),
             Err(_) => Err(Outcome::ClientLeft { clean: true }),
         }
     }

@@ -2,12 +2,14 @@
 //! configured credentials, and run the few queries pgberth itself sends (reset, health check).
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{ScramClient, ScramCredential, md5_response, md5_response_from_password};
+use crate::config::SslMode;
 use crate::protocol::error::{ServerError, parse_error_fields};
 use crate::protocol::{TxStatus, backend, build};
 use crate::stream::{ReadError, Stream, read_message};
@@ -77,6 +79,8 @@ pub enum ServerConnectError {
     Auth(#[from] crate::auth::AuthError),
     #[error("unsupported authentication request {0} from server")]
     UnsupportedAuth(u32),
+    #[error("{0}")]
+    Tls(String),
     #[error("protocol error from server: {0}")]
     Protocol(String),
     #[error("server connection lost: {0}")]
@@ -119,13 +123,115 @@ pub async fn open(target: &ServerTarget, timeout: Duration) -> Result<Stream, Se
     result.map_err(|source| ServerConnectError::Connect { addr, source })
 }
 
-/// Connects and logs in; the whole exchange is bounded by `timeout` (zero: unbounded).
+/// How to use TLS towards the server (`server_tls_sslmode` and its rustls config).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub mode: SslMode,
+    pub config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl PartialEq for ServerTls {
+    /// Same mode: a reload that only re-read certificates does not retire connections.
+    fn eq(&self, other: &ServerTls) -> bool {
+        self.mode == other.mode
+    }
+}
+
+impl ServerTls {
+    pub fn disabled() -> ServerTls {
+        ServerTls {
+            mode: SslMode::Disable,
+            config: None,
+        }
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) and, if it agrees, wraps the socket. A server that
+/// refuses is acceptable below `require`; a certificate that fails verification never is.
+async fn negotiate_tls(
+    stream: Stream,
+    target: &ServerTarget,
+    tls: &ServerTls,
+) -> Result<Stream, ServerConnectError> {
+    let (Stream::Tcp(mut tcp), Some(config)) = (stream, &tls.config) else {
+        unreachable!("negotiate_tls is called for TCP targets with a TLS config")
+    };
+    let mut request = Vec::with_capacity(8);
+    request.extend_from_slice(&8u32.to_be_bytes());
+    request.extend_from_slice(&crate::protocol::startup::SSL_REQUEST_CODE.to_be_bytes());
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+        .await
+        .map_err(ReadError::from)?;
+    match answer[0] {
+        b'S' => {
+            let name = crate::tls::server_name(&target.host)
+                .map_err(|e| ServerConnectError::Tls(e.to_string()))?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                ServerConnectError::Tls(format!(
+                    "TLS handshake with {} failed (server_tls_sslmode = {}): {e}",
+                    target.describe(),
+                    tls.mode
+                ))
+            })?;
+            Ok(Stream::TlsToServer(Box::new(stream)))
+        }
+        b'N' if tls.mode >= SslMode::Require => Err(ServerConnectError::Tls(format!(
+            "{} does not accept TLS, and server_tls_sslmode = {} requires it",
+            target.describe(),
+            tls.mode
+        ))),
+        b'N' => Ok(Stream::Tcp(tcp)),
+        other => Err(ServerConnectError::Protocol(format!(
+            "unexpected answer '{}' to SSLRequest",
+            other as char
+        ))),
+    }
+}
+
+/// Connects (with TLS as `tls` asks) and logs in; each step is bounded by `timeout` (zero:
+/// unbounded). With `allow`, TLS is tried only when the server refuses a plaintext login.
 pub async fn connect(
     target: &ServerTarget,
     password: &ServerPassword,
     timeout: Duration,
+    tls: &ServerTls,
+) -> Result<LoggedIn, ServerConnectError> {
+    let unix = target.host.starts_with('/');
+    let first_try_tls = !unix && tls.config.is_some() && tls.mode != SslMode::Allow;
+    match connect_once(target, password, timeout, tls, first_try_tls).await {
+        Err(ServerConnectError::Refused(e))
+            if !unix && tls.mode == SslMode::Allow && tls.config.is_some() && e.code == "28000" =>
+        {
+            connect_once(target, password, timeout, tls, true).await
+        }
+        other => other,
+    }
+}
+
+async fn connect_once(
+    target: &ServerTarget,
+    password: &ServerPassword,
+    timeout: Duration,
+    tls: &ServerTls,
+    use_tls: bool,
 ) -> Result<LoggedIn, ServerConnectError> {
     let mut stream = open(target, timeout).await?;
+    if use_tls {
+        let negotiate = negotiate_tls(stream, target, tls);
+        stream = if timeout.is_zero() {
+            negotiate.await?
+        } else {
+            tokio::time::timeout(timeout, negotiate)
+                .await
+                .map_err(|_| ServerConnectError::Timeout {
+                    addr: target.describe(),
+                    after: timeout,
+                })??
+        };
+    }
     let login = login(&mut stream, target, password);
     let (backend_pid, backend_secret, params) = if timeout.is_zero() {
         login.await?

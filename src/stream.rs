@@ -1,4 +1,5 @@
-//! One socket type for every transport (TCP, unix socket), and the framed reads used during
+//! One socket type for every transport (TCP, unix socket, TLS in both directions), and the
+//! framed reads used during
 //! login, where every length is checked against a maximum before a byte is allocated for it.
 
 use std::io;
@@ -10,49 +11,89 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::protocol::{self, FrameError};
 
-/// A connected socket to a client or a server.
+/// A connected socket to a client or a server, in plaintext or TLS. The TLS states are boxed:
+/// they are large, and most connections of a pooler are plaintext unix or loopback sockets.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS accepted from a client.
+    TlsFromClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS pgberth opened to a server.
+    TlsToServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Forwards a call to whichever stream type is inside.
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Stream::Tcp($s) => $e,
+            Stream::Unix($s) => $e,
+            Stream::TlsFromClient($s) => $e,
+            Stream::TlsToServer($s) => $e,
+        }
+    };
 }
 
 impl Stream {
-    /// Waits until the socket has bytes to read (or is closed) without holding any buffer.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
-        }
-    }
-
-    /// Polls for read readiness (or closure) without reading or holding a buffer.
-    pub fn poll_read_ready(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
+    /// Polls for readable bytes (or closure) without reading or holding a buffer. For TLS,
+    /// decrypted bytes already buffered count as readable.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
             Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::TlsFromClient(s) => {
+                let (tcp, tls) = s.get_ref();
+                if tls.wants_read() {
+                    tcp.poll_read_ready(cx)
+                } else {
+                    Poll::Ready(Ok(()))
+                }
+            }
+            Stream::TlsToServer(s) => {
+                let (tcp, tls) = s.get_ref();
+                if tls.wants_read() {
+                    tcp.poll_read_ready(cx)
+                } else {
+                    Poll::Ready(Ok(()))
+                }
+            }
         }
     }
 
-    /// Reads what is available without waiting; `WouldBlock` when nothing is.
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            Stream::Unix(s) => s.try_read(buf),
+    /// Reads what is available without waiting: `Ok(None)` when nothing is.
+    pub fn read_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(self).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(Some(rb.filled().len())),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(None),
         }
+    }
+
+    /// The TCP socket under a TCP or TLS stream.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            Stream::TlsFromClient(s) => Some(s.get_ref().0),
+            Stream::TlsToServer(s) => Some(s.get_ref().0),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsFromClient(_) | Stream::TlsToServer(_))
     }
 
     /// A printable description of the peer for logs.
     pub fn peer(&self) -> String {
-        match self {
-            Stream::Tcp(s) => s
+        match self.tcp() {
+            Some(s) => s
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
-            Stream::Unix(_) => "unix".into(),
+            None => "unix".into(),
         }
     }
 }
@@ -63,10 +104,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -76,24 +114,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

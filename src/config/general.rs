@@ -10,7 +10,7 @@ use super::values::{
     non_empty, parse_bool, parse_count, parse_duration, parse_list, parse_octal_mode, parse_u16,
     parse_u32, parse_uint,
 };
-use super::{AuthType, PoolMode};
+use super::{AuthType, PoolMode, SslMode};
 
 /// Global settings from `[pgbouncer]`. `Default` gives PgBouncer's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,23 @@ pub struct General {
     /// Addresses to listen on for TCP; empty means no TCP listener, `*` all addresses.
     pub listen_addr: Vec<String>,
     pub listen_port: u16,
+    /// TLS towards clients: mode, key and certificate, CA for client certificates, versions
+    /// (`secure` = TLS 1.2 and 1.3) and cipher list (`fast`, `normal`, `secure`, `all`, or
+    /// OpenSSL suite names separated by `:`).
+    pub client_tls_sslmode: SslMode,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_ca_file: Option<PathBuf>,
+    pub client_tls_protocols: String,
+    pub client_tls_ciphers: String,
+    /// TLS towards PostgreSQL: the same settings for the server side; key and certificate are
+    /// the client certificate pgberth presents.
+    pub server_tls_sslmode: SslMode,
+    pub server_tls_key_file: Option<PathBuf>,
+    pub server_tls_cert_file: Option<PathBuf>,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub server_tls_protocols: String,
+    pub server_tls_ciphers: String,
     /// `None` (set to an empty value) disables the unix socket.
     pub unix_socket_dir: Option<PathBuf>,
     pub unix_socket_mode: u32,
@@ -86,6 +103,18 @@ impl Default for General {
         General {
             listen_addr: Vec::new(),
             listen_port: 6432,
+            client_tls_sslmode: SslMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: "secure".into(),
+            client_tls_ciphers: "fast".into(),
+            server_tls_sslmode: SslMode::Prefer,
+            server_tls_key_file: None,
+            server_tls_cert_file: None,
+            server_tls_ca_file: None,
+            server_tls_protocols: "secure".into(),
+            server_tls_ciphers: "fast".into(),
             unix_socket_dir: Some(PathBuf::from("/tmp")),
             unix_socket_mode: 0o777,
             auth_type: AuthType::Md5,
@@ -168,6 +197,18 @@ impl General {
         match key {
             "listen_addr" => self.listen_addr = parse_list(value),
             "listen_port" => self.listen_port = parse!(parse_u16),
+            "client_tls_sslmode" => self.client_tls_sslmode = parse!(str::parse::<SslMode>),
+            "client_tls_key_file" => self.client_tls_key_file = path(value),
+            "client_tls_cert_file" => self.client_tls_cert_file = path(value),
+            "client_tls_ca_file" => self.client_tls_ca_file = path(value),
+            "client_tls_protocols" => self.client_tls_protocols = value.to_string(),
+            "client_tls_ciphers" => self.client_tls_ciphers = value.to_string(),
+            "server_tls_sslmode" => self.server_tls_sslmode = parse!(str::parse::<SslMode>),
+            "server_tls_key_file" => self.server_tls_key_file = path(value),
+            "server_tls_cert_file" => self.server_tls_cert_file = path(value),
+            "server_tls_ca_file" => self.server_tls_ca_file = path(value),
+            "server_tls_protocols" => self.server_tls_protocols = value.to_string(),
+            "server_tls_ciphers" => self.server_tls_ciphers = value.to_string(),
             "unix_socket_dir" => self.unix_socket_dir = non_empty(value).map(PathBuf::from),
             "unix_socket_mode" => self.unix_socket_mode = parse!(parse_octal_mode),
             "auth_type" => self.auth_type = parse!(str::parse::<AuthType>),

@@ -36,7 +36,7 @@ pub use keys::{
     UNSUPPORTED_USER_KEYS,
 };
 pub use userlist::{Secret, Userlist};
-pub use values::{AuthType, PoolMode};
+pub use values::{AuthType, PoolMode, SslMode};
 
 use error::At;
 use general::Applied;

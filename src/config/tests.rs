@@ -397,7 +397,7 @@ fn bad_values_name_file_line_key_and_allowed_values() {
 #[test]
 fn unknown_and_unsupported_keys_are_warnings_with_file_and_line() {
     let (dir, c) = load_ok(
-        "[pgbouncer]\nfoo = 1\nclient_tls_sslmode = require\nVERBOSE = 2\n\
+        "[pgbouncer]\nfoo = 1\nclient_tls_dheparams = auto\nVERBOSE = 2\n\
          [databases]\nd = host=h frobnicate=1 load_balance_hosts=random\n\
          [users]\nu = pool_mode=session pool_size=3 zzz=1\n\
          [peers]\n1 = host=other\n\
@@ -411,7 +411,7 @@ fn unknown_and_unsupported_keys_are_warnings_with_file_and_line() {
         got,
         vec![
             format!("{f}:2: unknown setting `foo`, ignored"),
-            format!("{f}:3: `client_tls_sslmode` is not supported by pgberth yet, ignored"),
+            format!("{f}:3: `client_tls_dheparams` is not supported by pgberth yet, ignored"),
             format!("{f}:4: `verbose` is not supported by pgberth yet, ignored"),
             format!("{f}:6: unknown parameter `frobnicate` for database \"d\", ignored"),
             format!(

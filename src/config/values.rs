@@ -100,6 +100,52 @@ impl FromStr for AuthType {
     }
 }
 
+/// TLS requirement on one side (`client_tls_sslmode`, `server_tls_sslmode`), as in libpq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const ALL: [SslMode; 6] = [
+        SslMode::Disable,
+        SslMode::Allow,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = Expected;
+    fn from_str(s: &str) -> Result<SslMode, Expected> {
+        parse_enum(s, &SslMode::ALL, |m| m.as_str())
+    }
+}
+
 /// Case-insensitive lookup of `s` among `all` by their names.
 fn parse_enum<T: Copy>(
     s: &str,

@@ -60,21 +60,21 @@ impl ServerConn {
     /// True unless the server sent something (or closed) while the connection sat idle in the
     /// pool: a terminated backend, a server restart, or a late asynchronous message. Usually
     /// costs no system call: the runtime already knows the socket has nothing to read.
-    fn quiet_while_idle(&self) -> bool {
+    fn quiet_while_idle(&mut self) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
             std::task::Poll::Pending => true,
             std::task::Poll::Ready(Err(_)) => false,
             std::task::Poll::Ready(Ok(())) => {
                 let mut byte = [0u8; 1];
-                matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                matches!(self.stream.read_now(&mut byte), Ok(None))
             }
         }
     }
 
     /// An idle connection may be handed out: not retired by a reload, not past
     /// `server_lifetime`, and nothing arrived from the server while it was idle.
-    fn reusable(&self, generation: u64, settings: &PoolSettings) -> bool {
+    fn reusable(&mut self, generation: u64, settings: &PoolSettings) -> bool {
         self.generation == generation && !settings.lifetime_over(self) && self.quiet_while_idle()
     }
 
@@ -240,7 +240,7 @@ impl Pool {
     /// connection (closed at checkin); other changes (sizes, timeouts) apply at once.
     pub fn update_settings(&self, new: PoolSettings) {
         let old = self.settings.load();
-        let retire = old.target != new.target || old.password != new.password;
+        let retire = old.target != new.target || old.password != new.password || old.tls != new.tls;
         self.settings.store(Arc::new(new));
         let stale = {
             let mut inner = self.lock();
@@ -378,7 +378,7 @@ impl Pool {
         let found = {
             let mut inner = self.lock();
             loop {
-                let Some(conn) = inner.idle.pop() else {
+                let Some(mut conn) = inner.idle.pop() else {
                     break None;
                 };
                 if !conn.reusable(inner.generation, &settings) {
@@ -413,7 +413,7 @@ impl Pool {
                     return Err(CheckoutError::Closed);
                 }
                 let mut found = None;
-                while let Some(conn) = inner.idle.pop() {
+                while let Some(mut conn) = inner.idle.pop() {
                     if !conn.reusable(inner.generation, &settings) {
                         stale.push(conn);
                     } else {
@@ -530,9 +530,13 @@ impl Pool {
         }
         let password = self.server_password(settings);
         let attempt = async {
-            let mut logged_in =
-                server::connect(&settings.target, &password, settings.server_connect_timeout)
-                    .await?;
+            let mut logged_in = server::connect(
+                &settings.target,
+                &password,
+                settings.server_connect_timeout,
+                &settings.tls,
+            )
+            .await?;
             if let Some(sql) = &settings.connect_query {
                 server::run_internal_query(
                     &mut logged_in.stream,
@@ -672,7 +676,7 @@ impl Pool {
             let generation = inner.generation;
             let mut expired = Vec::new();
             let mut kept = Vec::with_capacity(inner.idle.len());
-            for conn in inner.idle.drain(..) {
+            for mut conn in inner.idle.drain(..) {
                 let idle_too_long = !settings.server_idle_timeout.is_zero()
                     && now.duration_since(conn.last_used) >= settings.server_idle_timeout;
                 if idle_too_long || !conn.reusable(generation, &settings) {

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Database, Secret};
-use crate::server::{ServerPassword, ServerTarget};
+use crate::server::{ServerPassword, ServerTarget, ServerTls};
+use crate::tls::TlsSettings;
 
 use super::ServerConn;
 
@@ -12,6 +13,7 @@ use super::ServerConn;
 pub struct PoolSettings {
     pub target: ServerTarget,
     pub password: ServerPassword,
+    pub tls: ServerTls,
     /// The userlist holds a SCRAM verifier for the server user: log in with the keys of a
     /// client that authenticated against it.
     pub scram_passthrough: bool,
@@ -46,7 +48,12 @@ fn default_socket_dir() -> String {
 
 impl PoolSettings {
     /// Resolves the settings of the pool for `db` logging in to the server as `server_user`.
-    pub fn new(config: &Config, db: &Database, server_user: &str) -> PoolSettings {
+    pub fn new(
+        config: &Config,
+        tls: &TlsSettings,
+        db: &Database,
+        server_user: &str,
+    ) -> PoolSettings {
         let g = &config.general;
         let mut params = Vec::new();
         if let Some(name) = &db.application_name {
@@ -89,6 +96,10 @@ impl PoolSettings {
         PoolSettings {
             target,
             password,
+            tls: ServerTls {
+                mode: tls.server_mode,
+                config: tls.connector.clone(),
+            },
             scram_passthrough,
             pool_size: db.pool_size.unwrap_or(g.default_pool_size) as usize,
             min_pool_size: db.min_pool_size.unwrap_or(g.min_pool_size) as usize,
