@@ -3,6 +3,7 @@
 //! pass-through with a recovered ClientKey) and PostgreSQL's md5 scheme. Callers feed in the
 //! bytes of SASL / password messages and send out the bytes these functions return.
 
+pub mod hba;
 mod md5;
 mod scram;
 
