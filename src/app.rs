@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
+use crate::auth::hba::HbaRules;
+use crate::process::Loaded;
 use crate::tls::TlsSettings;
 
 /// Where the process is in its life.
@@ -29,6 +31,7 @@ pub enum RunState {
 pub struct App {
     config: ArcSwap<Config>,
     tls: ArcSwap<TlsSettings>,
+    hba: ArcSwap<Option<Arc<HbaRules>>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
@@ -52,10 +55,11 @@ impl Drop for ClientSlot {
 }
 
 impl App {
-    pub fn new(config: Config, tls: TlsSettings) -> Arc<App> {
+    pub fn new(loaded: Loaded) -> Arc<App> {
         Arc::new(App {
-            config: ArcSwap::from_pointee(config),
-            tls: ArcSwap::from_pointee(tls),
+            config: ArcSwap::from_pointee(loaded.config),
+            tls: ArcSwap::from_pointee(loaded.tls),
+            hba: ArcSwap::from_pointee(loaded.hba),
             pools: Mutex::default(),
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
@@ -67,6 +71,11 @@ impl App {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The `auth_hba_file` rules when `auth_type = hba`.
+    pub fn hba(&self) -> Option<Arc<HbaRules>> {
+        self.hba.load().as_ref().clone()
     }
 
     /// The TLS settings of the running config (rebuilt on reload).
@@ -140,10 +149,11 @@ impl App {
 
     /// Swaps in a new, already validated config. Pools keep their connections unless their
     /// server target or password changed; pools of removed databases are closed.
-    pub fn reload(&self, new: Config, tls: TlsSettings) {
-        let new = Arc::new(new);
-        let tls = Arc::new(tls);
+    pub fn reload(&self, loaded: Loaded) {
+        let new = Arc::new(loaded.config);
+        let tls = Arc::new(loaded.tls);
         self.tls.store(tls.clone());
+        self.hba.store(Arc::new(loaded.hba));
         self.config.store(new.clone());
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|key, pool| match new.database(&key.database) {

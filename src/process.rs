@@ -4,7 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::prelude::*;
@@ -12,6 +12,7 @@ use tracing_subscriber::prelude::*;
 use crate::app::{App, RunState};
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, Bound, ListenError};
+use crate::auth::hba::HbaRules;
 use crate::tls::TlsSettings;
 
 /// Command-line options of the pooler itself.
@@ -52,25 +53,43 @@ pub enum RunError {
     UnsupportedAuth(&'static str),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Hba(#[from] crate::auth::hba::HbaError),
+    #[error("auth_type = hba needs auth_hba_file")]
+    HbaWithoutFile,
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// Loads and checks a config the way start-up does, including settings this build refuses,
-/// and builds its TLS settings (reading every key and certificate file).
-pub fn load_config(path: &Path) -> Result<(Config, TlsSettings), RunError> {
+/// A config with everything it names read and checked: TLS keys and certificates, the hba
+/// file. What start-up and every reload build before touching the running instance.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub tls: TlsSettings,
+    pub hba: Option<Arc<HbaRules>>,
+}
+
+/// Loads and checks a config the way start-up does, including settings this build refuses.
+pub fn load_config(path: &Path) -> Result<Loaded, RunError> {
     let config = Config::load(path)?;
     use crate::config::AuthType;
-    if let a @ (AuthType::Cert | AuthType::Hba | AuthType::Pam) = config.general.auth_type {
-        return Err(RunError::UnsupportedAuth(a.as_str()));
-    }
+    let hba = match config.general.auth_type {
+        AuthType::Pam => return Err(RunError::UnsupportedAuth("pam")),
+        AuthType::Hba => match &config.general.auth_hba_file {
+            Some(file) => Some(Arc::new(HbaRules::load(file)?)),
+            None => return Err(RunError::HbaWithoutFile),
+        },
+        _ => None,
+    };
     let tls = TlsSettings::new(&config.general)?;
-    Ok((config, tls))
+    Ok(Loaded { config, tls, hba })
 }
 
 /// Runs the pooler until it is told to stop. Blocks.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
-    let (config, tls) = load_config(&options.config_path)?;
+    let loaded = load_config(&options.config_path)?;
+    let config = &loaded.config;
     let bound = listener::bind(&config.general)?;
     if let Some(user) = options.user.clone().or(config.general.user.clone()) {
         switch_user(&user)?;
@@ -106,7 +125,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .build()
         .map_err(RunError::Runtime)?;
     let pidfile = config.general.pidfile.clone();
-    let result = runtime.block_on(serve(options.config_path.clone(), config, tls, bound));
+    let result = runtime.block_on(serve(options.config_path.clone(), loaded, bound));
     runtime.shutdown_background();
     if let Some(pidfile) = pidfile {
         let _ = std::fs::remove_file(pidfile);
@@ -116,13 +135,8 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
 /// Serves clients from already bound sockets until SIGTERM, or SIGINT and the last client
 /// leaving.
-async fn serve(
-    config_path: PathBuf,
-    config: Config,
-    tls: TlsSettings,
-    bound: Bound,
-) -> Result<(), RunError> {
-    let app = App::new(config, tls);
+async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(), RunError> {
+    let app = App::new(loaded);
     let mut unix_path = None;
     for l in bound.tcp {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -185,7 +199,8 @@ async fn serve(
 /// SIGHUP: re-reads the config; a config with errors is refused and the old one stays.
 pub fn reload(app: &App, path: &Path) {
     match load_config(path) {
-        Ok((new, tls)) => {
+        Ok(loaded) => {
+            let new = &loaded.config;
             for warning in &new.warnings {
                 tracing::warn!("{warning}");
             }
@@ -198,7 +213,7 @@ pub fn reload(app: &App, path: &Path) {
                     "listen_addr, listen_port and unix_socket_dir take effect only at restart"
                 );
             }
-            app.reload(new, tls);
+            app.reload(loaded);
             tracing::info!("configuration reloaded from {}", path.display());
         }
         Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
@@ -314,7 +329,7 @@ fn init_logging(config: &Config, options: &RunOptions) -> Result<(), RunError> {
 /// whether the config is usable.
 pub fn check(path: &Path, out: &mut impl Write) -> bool {
     match load_config(path) {
-        Ok((config, _)) => {
+        Ok(Loaded { config, .. }) => {
             for w in &config.warnings {
                 let _ = writeln!(out, "warning: {w}");
             }

@@ -89,6 +89,18 @@ impl TlsSettings {
     }
 }
 
+/// The common name (CN) of the certificate a TLS client presented, for `auth_type = cert` and
+/// hba's `cert` method. `None` without TLS, without a certificate, or without a CN.
+pub fn client_certificate_cn(stream: &crate::stream::Stream) -> Option<String> {
+    let crate::stream::Stream::TlsFromClient(tls) = stream else {
+        return None;
+    };
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 /// The name to check a server certificate against (`verify-full`).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_owned())
