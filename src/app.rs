@@ -10,10 +10,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::auth::hba::HbaRules;
 use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
-use crate::auth::hba::HbaRules;
 use crate::process::Loaded;
 use crate::tls::TlsSettings;
 

@@ -93,7 +93,7 @@ async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Op
 }
 
 async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
-    let _ = stream.write_all(&err.to_bytes()).await;
+    let _ = stream.send(&err.to_bytes()).await;
     let _ = stream.shutdown().await;
     LoginError::Reported(err)
 }
@@ -129,12 +129,12 @@ async fn read_startup(
                         Stream::TlsFromClient(Box::new(tls))
                     }
                     (mut other, _) => {
-                        other.write_all(b"N").await?;
+                        other.send(b"N").await?;
                         other
                     }
                 };
             }
-            Ok(StartupPacket::GssEncRequest) => stream.write_all(b"N").await?,
+            Ok(StartupPacket::GssEncRequest) => stream.send(b"N").await?,
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 forward_cancel(app, pid, secret).await;
                 return Err(LoginError::Cancel);
@@ -281,7 +281,7 @@ async fn login(
     }
     build::backend_key_data(&mut out, key.pid, key.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
-    if let Err(e) = stream.write_all(&out).await {
+    if let Err(e) = stream.send(&out).await {
         app.cancel.unregister(key);
         return Err(e.into());
     }
@@ -481,7 +481,7 @@ async fn plain_auth(
 ) -> Result<(), LoginError> {
     let mut out = Vec::new();
     build::auth_cleartext(&mut out);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut buf = Vec::new();
     read_password_message(stream, &mut buf).await?;
     let given = cstr_body(&buf);
@@ -510,7 +510,7 @@ async fn md5_auth(
     let salt: [u8; 4] = rand::random();
     let mut out = Vec::new();
     build::auth_md5(&mut out, salt);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut buf = Vec::new();
     read_password_message(stream, &mut buf).await?;
     let response = cstr_body(&buf);
@@ -540,7 +540,7 @@ async fn scram_auth(
     let mut server = ScramServer::new(user, scram_secret);
     let mut out = Vec::new();
     build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
 
     let mut buf = Vec::new();
     read_password_message(stream, &mut buf).await?;
@@ -559,7 +559,7 @@ async fn scram_auth(
     };
     out.clear();
     build::auth_sasl_continue(&mut out, &server_first);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
 
     read_password_message(stream, &mut buf).await?;
     let server_final = match server.client_final(&buf[5..]) {
@@ -573,7 +573,7 @@ async fn scram_auth(
     }
     out.clear();
     build::auth_sasl_final(&mut out, &server_final);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(())
 }
 
@@ -613,10 +613,11 @@ mod tests {
         )
         .unwrap();
         (
-            App::new(
-                Config::load(&ini).unwrap(),
-                crate::tls::TlsSettings::disabled(),
-            ),
+            App::new(crate::process::Loaded {
+                config: Config::load(&ini).unwrap(),
+                tls: crate::tls::TlsSettings::disabled(),
+                hba: None,
+            }),
             dir,
         )
     }

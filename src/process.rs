@@ -10,9 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::prelude::*;
 
 use crate::app::{App, RunState};
+use crate::auth::hba::HbaRules;
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, Bound, ListenError};
-use crate::auth::hba::HbaRules;
 use crate::tls::TlsSettings;
 
 /// Command-line options of the pooler itself.
@@ -103,7 +103,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     if options.daemonize {
         daemonize()?;
     }
-    init_logging(&config, &options)?;
+    init_logging(config, &options)?;
     if let Some(pidfile) = &config.general.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id())).map_err(|source| {
             RunError::Pidfile {

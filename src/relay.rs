@@ -181,7 +181,7 @@ impl Session {
                 if config.general.log_pooler_errors {
                     tracing::warn!(database = %self.database, user = %self.user, "closing client: {}", err.message);
                 }
-                let _ = self.client.write_all(&err.to_bytes()).await;
+                let _ = self.client.send(&err.to_bytes()).await;
             }
             None if config.general.log_disconnections => {
                 tracing::info!(database = %self.database, user = %self.user, "client closed the connection");
@@ -387,12 +387,14 @@ const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
 
 /// The two buffers and the protocol bookkeeping of one stretch of relaying.
 struct Pump {
+    /// Offsets and lengths in the buffers are u32: a buffer is 16 KiB, and every byte of an
+    /// idle client's task counts.
     cbuf: Buffer,
-    clen: usize,
-    coff: usize,
+    clen: u32,
+    coff: u32,
     sbuf: Buffer,
-    slen: usize,
-    soff: usize,
+    slen: u32,
+    soff: u32,
     /// `max_packet_size`: the largest message a client may send after login.
     max_client_message: u32,
     cscan: Scanner,
@@ -408,6 +410,9 @@ struct Pump {
     copy_in: bool,
     /// The client sent Terminate (stripped, never forwarded).
     client_done: bool,
+    /// Bytes written to a TLS stream that still wait for a flush.
+    server_unflushed: bool,
+    client_unflushed: bool,
     /// A Terminate that began in an earlier chunk was partly forwarded: the server is unusable.
     torn_terminate: bool,
     status: TxStatus,
@@ -434,6 +439,8 @@ impl Pump {
             syncs_since_execute: 0,
             copy_in: false,
             client_done: false,
+            server_unflushed: false,
+            client_unflushed: false,
             torn_terminate: false,
             status,
             client_active: now,
@@ -502,9 +509,9 @@ impl Pump {
             )
             .map_err(Outcome::ClientProtocol)?;
         self.coff = 0;
-        self.clen = n;
+        self.clen = n as u32;
         if let Some(cut) = cut {
-            self.clen = cut;
+            self.clen = cut as u32;
             self.client_done = true;
         }
         Ok(())
@@ -537,7 +544,7 @@ impl Pump {
             })
             .map_err(Outcome::ServerProtocol)?;
         self.soff = 0;
-        self.slen = n;
+        self.slen = n as u32;
         Ok(())
     }
 
@@ -545,6 +552,8 @@ impl Pump {
     fn quiet(&self) -> bool {
         self.pending == 0
             && !self.unsynced
+            && !self.server_unflushed
+            && !self.client_unflushed
             && self.coff == self.clen
             && self.soff == self.slen
             && self.cscan.at_boundary()
@@ -635,7 +644,7 @@ impl Pump {
         loop {
             let mut progress = false;
             // Client → server.
-            if self.coff == self.clen && !self.client_done {
+            if self.coff == self.clen && !self.server_unflushed && !self.client_done {
                 let mut rb = ReadBuf::new(&mut self.cbuf);
                 match Pin::new(&mut *client).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
@@ -658,10 +667,14 @@ impl Pump {
                 }
             }
             if self.coff < self.clen {
-                match Pin::new(&mut *server).poll_write(cx, &self.cbuf[self.coff..self.clen]) {
+                match Pin::new(&mut *server)
+                    .poll_write(cx, &self.cbuf[self.coff as usize..self.clen as usize])
+                {
                     Poll::Ready(Ok(n)) => {
-                        self.coff += n;
+                        self.coff += n as u32;
                         progress = true;
+                        // TLS holds records until flushed.
+                        self.server_unflushed = self.coff == self.clen && server.is_tls();
                         if timed && self.pending > 0 && self.coff == self.clen {
                             self.server_active = Instant::now();
                         }
@@ -670,15 +683,26 @@ impl Pump {
                     Poll::Pending => {}
                 }
             }
+            if self.server_unflushed {
+                match Pin::new(&mut *server).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.server_unflushed = false;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerLost(e)),
+                    Poll::Pending => {}
+                }
+            }
             // After Terminate, the answers to what was sent before it drain first.
             if self.client_done
                 && self.coff == self.clen
+                && !self.server_unflushed
                 && (self.pending == 0 || self.torn_terminate)
             {
                 return Poll::Ready(self.client_left());
             }
             // Server → client.
-            if self.soff == self.slen {
+            if self.soff == self.slen && !self.client_unflushed {
                 let mut rb = ReadBuf::new(&mut self.sbuf);
                 match Pin::new(&mut *server).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
@@ -700,33 +724,51 @@ impl Pump {
                     Poll::Pending => {}
                 }
             }
+            let mut delivered = false;
             if self.soff < self.slen {
-                match Pin::new(&mut *client).poll_write(cx, &self.sbuf[self.soff..self.slen]) {
+                match Pin::new(&mut *client)
+                    .poll_write(cx, &self.sbuf[self.soff as usize..self.slen as usize])
+                {
                     Poll::Ready(Ok(n)) => {
-                        self.soff += n;
+                        self.soff += n as u32;
                         progress = true;
-                        if self.soff == self.slen && self.quiet() {
-                            if self.client_done {
-                                return Poll::Ready(self.client_left());
-                            }
-                            match (mode, self.status) {
-                                (
-                                    PoolMode::Statement,
-                                    TxStatus::InTransaction | TxStatus::Failed,
-                                ) => {
-                                    return Poll::Ready(Outcome::TransactionInStatementMode);
-                                }
-                                (PoolMode::Session, _) | (_, TxStatus::Idle) => {
-                                    return Poll::Ready(Outcome::Done);
-                                }
-                                _ => {}
-                            }
+                        if self.soff == self.slen {
+                            self.client_unflushed = client.is_tls();
+                            delivered = !self.client_unflushed;
                         }
                     }
                     Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientLeft { clean: false });
                     }
                     Poll::Pending => {}
+                }
+            }
+            if self.client_unflushed {
+                match Pin::new(&mut *client).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.client_unflushed = false;
+                        delivered = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Outcome::ClientLeft { clean: false });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // A server chunk has reached the client: is the transaction (or statement) over?
+            if delivered && self.quiet() {
+                if self.client_done {
+                    return Poll::Ready(self.client_left());
+                }
+                match (mode, self.status) {
+                    (PoolMode::Statement, TxStatus::InTransaction | TxStatus::Failed) => {
+                        return Poll::Ready(Outcome::TransactionInStatementMode);
+                    }
+                    (PoolMode::Session, _) | (_, TxStatus::Idle) => {
+                        return Poll::Ready(Outcome::Done);
+                    }
+                    _ => {}
                 }
             }
             if !progress {

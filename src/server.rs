@@ -262,7 +262,7 @@ async fn login(
     let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
     params.extend(target.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     build::startup_message(&mut out, &params);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
 
     let mut buf = Vec::with_capacity(512);
     let mut scram: Option<ScramClient> = None;
@@ -328,7 +328,7 @@ async fn login(
                     }
                     other => return Err(ServerConnectError::UnsupportedAuth(other)),
                 }
-                stream.write_all(&out).await?;
+                stream.send(&out).await?;
             }
             backend::PARAMETER_STATUS => {
                 let mut parts = body.split(|&b| b == 0);
@@ -392,7 +392,7 @@ pub async fn run_internal_query(
     let work = async {
         let mut out = Vec::with_capacity(sql.len() + 6);
         build::query(&mut out, sql);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         let mut buf = Vec::with_capacity(256);
         let mut failed = None;
         loop {
@@ -436,7 +436,7 @@ pub async fn send_cancel(
     let mut stream = open(target, timeout).await?;
     let mut out = Vec::with_capacity(16);
     build::cancel_request(&mut out, pid, secret);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     // PostgreSQL closes the connection once it has read the request.
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(

@@ -72,6 +72,13 @@ impl Stream {
         }
     }
 
+    /// Writes all of `bytes` and flushes (TLS buffers records until flushed).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
     /// The TCP socket under a TCP or TLS stream.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
