@@ -19,3 +19,4 @@ pub mod relay;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod tools;

@@ -1,9 +1,12 @@
 //! Command line: PgBouncer's flags for running the pooler, plus pgberth's subcommands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use pgberth::tools::certs::{self, CertOptions};
+use pgberth::tools::passwd::{self, SecretFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +40,49 @@ enum Command {
     Check { config: PathBuf },
     /// Start a throwaway PostgreSQL with pgberth in front of it (until Ctrl-C).
     Demo,
+    /// Print a userlist.txt line for USER (SCRAM-SHA-256 verifier by default).
+    ///
+    /// The password is read twice without echo from the terminal, or as one line from stdin
+    /// when stdin is not a terminal (only the line ending is removed).
+    Passwd {
+        /// The user name, as clients send it.
+        user: String,
+        /// Store the password as md5 (`md5` + md5(password + user)).
+        #[arg(long, conflicts_with = "scram")]
+        md5: bool,
+        /// Store the password as a SCRAM-SHA-256 verifier (4096 iterations; the default).
+        #[arg(long)]
+        scram: bool,
+    },
+    /// Write a development CA, a server and a client certificate, and print config lines.
+    ///
+    /// Files in DIR: ca.crt, ca.key, server.crt, server.key, client.crt, client.key and
+    /// server-combined.pem (the server certificate followed by the CA certificate). Keys are
+    /// mode 0600, certificates 0644; DIR is created with mode 0700 when missing. Existing
+    /// files are not overwritten unless --force is given.
+    Certs {
+        /// Directory to write the files into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Server names, comma-separated: DNS names, or IP addresses when a name parses as
+        /// one. The first name is also the server certificate's CN.
+        #[arg(
+            long,
+            value_name = "NAME[,NAME...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        host: Vec<String>,
+        /// Validity of the server and client certificates in days (the CA: 3650 days).
+        #[arg(long, value_name = "N", default_value_t = pgberth::tools::certs::DEFAULT_LEAF_DAYS)]
+        days: u32,
+        /// Common name of the client certificate (the user name for `cert` auth).
+        #[arg(long, value_name = "NAME", default_value = pgberth::tools::certs::DEFAULT_CLIENT_CN)]
+        client_cn: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +103,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Passwd {
+            user,
+            md5,
+            scram: _,
+        }) => {
+            let format = if md5 {
+                SecretFormat::Md5
+            } else {
+                SecretFormat::Scram
+            };
+            exit_with("passwd", passwd(&user, format))
+        }
+        Some(Command::Certs {
+            out,
+            host,
+            days,
+            client_cn,
+            force,
+        }) => {
+            let options = CertOptions {
+                hosts: host,
+                client_cn,
+                leaf_days: days,
+                ..CertOptions::default()
+            };
+            exit_with("certs", certs(&out, &options, force))
+        }
         None => {
             let Some(config_path) = cli.config else {
                 eprintln!(
@@ -80,4 +153,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn exit_with(tool: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgberth {tool}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd(user: &str, format: SecretFormat) -> anyhow::Result<()> {
+    let password = passwd::read_password()?;
+    println!("{}", passwd::userlist_line(user, &password, format));
+    Ok(())
+}
+
+fn certs(out: &Path, options: &CertOptions, force: bool) -> anyhow::Result<()> {
+    let generated = certs::generate(options).context("could not generate certificates")?;
+    let dir = certs::write_files(out, &generated, force)?;
+    eprintln!("wrote {} files to {}", certs::FILES.len(), dir.display());
+    print!("{}", certs::config_snippet(&dir, &options.hosts[0]));
+    Ok(())
 }
