@@ -853,6 +853,94 @@ fn server_tls_prefer_falls_back_to_plaintext_with_a_server_without_tls() {
     assert_eq!(server_ssl(&pgberth), "f|");
 }
 
+#[test]
+fn large_queries_and_results_cross_tls_on_both_sides() {
+    let tls = cluster_tls();
+    let certs = client_side_pki();
+    let general = format!(
+        "{}{}",
+        client_tls_ini("require", &certs, false),
+        server_verify("verify-full", &tls.ca_file)
+    );
+    let pgberth = start_server_side(&general, &app_line("localhost"));
+    // A 1 MB query towards PostgreSQL, about 5 MB of COPY rows back.
+    let script = format!(
+        "\\conninfo\nSELECT length('{}');\n\
+         COPY (SELECT i, repeat('y', 1000) FROM generate_series(1, 5000) i) TO STDOUT;\n\
+         {SSL_SQL};\n",
+        "x".repeat(1_000_000)
+    );
+    let file = certs.write("script.sql", &script, 0o644);
+    let conn = Conn::new("verify-full").rootcert(certs.ca_file());
+    let mut cmd = psql_command();
+    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(conn.conninfo(pgberth.port()))
+        .arg("-f")
+        .arg(&file)
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\npgberth log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pgberth.log_contents()
+    );
+    let lines: Vec<&str> = printed.lines().collect();
+    assert!(
+        printed.contains("SSL connection"),
+        "{}",
+        lines[..2].join("\n")
+    );
+    assert!(
+        lines.contains(&"1000000"),
+        "the 1 MB query's answer is missing"
+    );
+    let rows = lines
+        .iter()
+        .filter(|l| l.split_once('\t').is_some_and(|(_, y)| y.len() == 1000))
+        .count();
+    assert_eq!(rows, 5000);
+    assert_eq!(lines.last().copied(), Some("t|"));
+}
+
+#[test]
+fn client_tls_require_still_forwards_plaintext_cancel_requests() {
+    let certs = client_side_pki();
+    let pgberth = start_client_side(&client_tls_ini("require", &certs, false));
+    let conn = Conn::new("verify-full").rootcert(certs.ca_file());
+    let sql = "SELECT pg_sleep(61.5)";
+    let running = psql_command()
+        .args(["-X", "-d"])
+        .arg(conn.conninfo(pgberth.port()))
+        .args(["-c", sql])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let active =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' AND state = 'active'");
+    let deadline = Instant::now() + WAIT;
+    while cluster().psql("postgres", &active).unwrap() != "1" {
+        assert!(Instant::now() < deadline, "{sql} never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // psql sends a CancelRequest (libpq sends it without TLS) on SIGINT.
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let out = running.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("canceling statement due to user request"),
+        "{}\npgberth log:\n{}",
+        text(&out),
+        pgberth.log_contents()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reload and logs
 // ---------------------------------------------------------------------------------------------
