@@ -542,13 +542,8 @@ fn client_verify_ca_refuses_a_client_without_certificate() {
     let pgberth = start_client_side(&client_tls_ini("verify-ca", &certs, true));
     let conn = Conn::new("verify-full").rootcert(certs.ca_file());
     assert_refused(&pgberth, &psql_tls(&pgberth, &conn));
-    assert!(
-        pgberth
-            .log_contents()
-            .contains("TLS handshake with the client failed"),
-        "{}",
-        pgberth.log_contents()
-    );
+    // pgberth logs after the client has seen the alert.
+    pgberth.wait_for_log("TLS handshake with the client failed", WAIT);
 }
 
 #[test]
@@ -716,6 +711,8 @@ async fn server_tls_verify_full_refuses_a_host_name_not_in_the_certificate() {
         message.contains("not valid for name \"127.0.0.1\""),
         "the message should name the host name mismatch: {message}"
     );
+    // pgberth logs after the client has seen the error.
+    pgberth.wait_for_log("TLS handshake with 127.0.0.1", WAIT);
     let log = pgberth.log_contents();
     assert!(
         log.lines()
