@@ -608,6 +608,31 @@ fn client_tls_protocols_tlsv1_3_refuses_a_tls_1_2_only_client() {
     assert_refused(&pgberth, &psql_tls(&pgberth, &tls12));
 }
 
+/// CVE-2021-23214: bytes a client sends after SSLRequest, before the `S`, must not be read as
+/// plaintext once TLS starts (pgberth reads the socket unbuffered and hands it to rustls).
+#[test]
+fn client_plaintext_sent_after_ssl_request_is_not_served() {
+    use std::io::Read as _;
+    let certs = client_side_pki();
+    let pgberth = start_client_side(&client_tls_ini("prefer", &certs, false));
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", pgberth.port())).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let params = format!("user\0{SCRAM_USER}\0database\0{APP_DB}\0\0");
+    bytes.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    bytes.extend_from_slice(&196608u32.to_be_bytes());
+    bytes.extend_from_slice(params.as_bytes());
+    socket.write_all(&bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&b'S'), "{answer:?}");
+    // Whatever follows is TLS (an alert record, 0x15) or nothing, never an 'R' auth request.
+    assert!(
+        matches!(answer.get(1), None | Some(0x15)),
+        "pgberth answered the injected plaintext: {answer:?}"
+    );
+}
+
 #[test]
 fn client_tls_config_with_a_missing_key_file_refuses_to_start_naming_the_file() {
     let certs = client_side_pki();
@@ -729,6 +754,15 @@ fn server_tls_verify_ca_ignores_the_host_name_but_checks_the_chain() {
         &app_line("127.0.0.1"),
     );
     assert_eq!(server_ssl(&pgberth), "t|");
+}
+
+#[tokio::test]
+async fn server_tls_verify_full_without_ca_file_uses_the_system_bundle() {
+    cluster_tls();
+    let pgberth = start_server_side("server_tls_sslmode = verify-full", &app_line("localhost"));
+    let err = first_error(&pgberth).await;
+    assert_eq!(err.code(), &SqlState::CONNECTION_FAILURE, "{err:?}");
+    assert!(err.message().contains("UnknownIssuer"), "{err:?}");
 }
 
 #[tokio::test]
