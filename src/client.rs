@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::{App, ClientSlot};
+use crate::auth::auth_query;
 use crate::auth::{ScramSecret, ScramServer, ScramVerifier, md5_secret, verify_md5_response};
 use crate::cancel::ClientKey;
 use crate::config::{AuthType, Config, Database, PoolMode, Secret, SslMode};
@@ -262,7 +263,7 @@ async fn login(
     };
     let pool = app.pool(&db, &server_user);
     let mut out = Vec::with_capacity(512);
-    authenticate(config, &mut stream, &user, &pool, &mut out).await?;
+    authenticate(app, config, &mut stream, &user, &db, &pool, &mut out).await?;
 
     let mode = config.pool_mode_for(&db, &user);
     let wanted = wanted_params(config, &params, peer);
@@ -397,16 +398,66 @@ fn wrong_password(user: &str) -> ErrorResponse {
     )
 }
 
-/// Runs the auth exchange `auth_type` asks for. Unknown users go through the same exchange as
-/// known ones and get the same error.
+/// Runs the auth exchange `auth_type` asks for, with the user's secret from the userlist or
+/// `auth_query`. Unknown users go through the same exchange as known ones and get the same
+/// error.
 async fn authenticate(
+    app: &App,
     config: &Config,
     stream: &mut Stream,
     user: &str,
+    db: &Database,
     pool: &Pool,
     out: &mut Vec<u8>,
 ) -> Result<(), LoginError> {
-    let secret = config.userlist.get(user).cloned();
+    let (secret, looked_up) = match config.userlist.get(user) {
+        Some(secret) => (Some(secret.clone()), false),
+        None if config.general.auth_type == AuthType::Any => (None, false),
+        None => (
+            looked_up_secret(app, config, stream, user, db, pool).await?,
+            true,
+        ),
+    };
+    let result = exchange(config, stream, user, secret, pool, out).await;
+    if looked_up && result.is_err() {
+        // The password may have changed on the server: ask again next time.
+        app.auth_cache.forget(&db.name, user);
+    }
+    result
+}
+
+/// The secret `auth_query` finds for a user missing from the userlist (`None` without
+/// `auth_user`, or for a user the server does not know either). The pool of that user gets
+/// it too, for logging in to the server.
+async fn looked_up_secret(
+    app: &App,
+    config: &Config,
+    stream: &mut Stream,
+    user: &str,
+    db: &Database,
+    pool: &Pool,
+) -> Result<Option<Secret>, LoginError> {
+    match auth_query::lookup(app, config, db, user).await {
+        Ok(secret) => {
+            if let Some(secret) = &secret
+                && pool.key.user == user
+            {
+                pool.set_looked_up_secret(secret);
+            }
+            Ok(secret)
+        }
+        Err(e) => Err(send_fatal(stream, e.to_client(&db.name)).await),
+    }
+}
+
+async fn exchange(
+    config: &Config,
+    stream: &mut Stream,
+    user: &str,
+    secret: Option<Secret>,
+    pool: &Pool,
+    out: &mut Vec<u8>,
+) -> Result<(), LoginError> {
     match config.general.auth_type {
         AuthType::Any => Ok(()),
         AuthType::Trust => match secret {

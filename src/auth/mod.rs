@@ -2,8 +2,11 @@
 //! server verifying a client and as the client logging in to PostgreSQL, including SCRAM
 //! pass-through with a recovered ClientKey) and PostgreSQL's md5 scheme. Callers feed in the
 //! bytes of SASL / password messages and send out the bytes these functions return.
+//! `hba` reads pg_hba.conf-style rules from a file.
+//! `auth_query` is the exception: it looks secrets up on the server, over a pooled connection.
 
 pub mod hba;
+pub mod auth_query;
 mod md5;
 mod scram;
 
