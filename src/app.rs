@@ -10,8 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::auth::hba::HbaRules;
 use crate::auth::auth_query::SecretCache;
+use crate::auth::hba::HbaRules;
 use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};

@@ -5,8 +5,8 @@
 //! `hba` reads pg_hba.conf-style rules from a file.
 //! `auth_query` is the exception: it looks secrets up on the server, over a pooled connection.
 
-pub mod hba;
 pub mod auth_query;
+pub mod hba;
 mod md5;
 mod scram;
 
