@@ -41,7 +41,7 @@ pool_mode = transaction
 }
 
 async fn code_of(result: Result<tokio_postgres::Client, tokio_postgres::Error>) -> SqlState {
-    let err = result.err().expect("the login must be refused");
+    let err = result.expect_err("the login must be refused");
     err.code()
         .cloned()
         .unwrap_or_else(|| panic!("no SQLSTATE: {err:?}"))
@@ -86,7 +86,7 @@ async fn hba_reject_line_refuses_with_28000() {
 async fn hba_without_a_matching_line_refuses_with_28000_naming_the_connection() {
     let (pgberth, _hba) = start_hba("host forced all 127.0.0.1/32 scram-sha-256\n");
     let refused = pgberth.try_connect(SCRAM_USER, SCRAM_PASS, "app").await;
-    let err = refused.err().expect("no line matches database app");
+    let err = refused.expect_err("no line matches database app");
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code(), &SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
     assert!(
@@ -134,8 +134,7 @@ async fn hba_peer_on_the_unix_socket_admits_the_os_user_of_the_same_name() {
     );
     let err = tokio_postgres::connect(&other, tokio_postgres::NoTls)
         .await
-        .err()
-        .expect("another user name is refused");
+        .expect_err("another user name is refused");
     assert_eq!(
         err.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
