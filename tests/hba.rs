@@ -132,9 +132,9 @@ async fn hba_peer_on_the_unix_socket_admits_the_os_user_of_the_same_name() {
         pgberth.dir().display(),
         pgberth.port()
     );
-    let err = tokio_postgres::connect(&other, tokio_postgres::NoTls)
-        .await
-        .expect_err("another user name is refused");
+    let Err(err) = tokio_postgres::connect(&other, tokio_postgres::NoTls).await else {
+        panic!("another user name must be refused");
+    };
     assert_eq!(
         err.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
