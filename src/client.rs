@@ -731,7 +731,10 @@ async fn scram_auth(
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
+    // The keys log in as this user: only a pool whose server user is the client's own may use
+    // them (a database line's forced user= is somebody else).
     if from_verifier
+        && pool.key.user == user
         && let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier())
     {
         pool.set_scram_keys(client_key, verifier.server_key);
