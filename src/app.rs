@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::auth::auth_query::SecretCache;
 use crate::auth::hba::HbaRules;
 use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
@@ -37,6 +38,8 @@ pub struct App {
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: AtomicUsize,
     pub cancel: CancelMap,
+    /// Secrets found by `auth_query`, kept for a short while.
+    pub auth_cache: SecretCache,
     state: watch::Sender<RunState>,
 }
 
@@ -65,6 +68,7 @@ impl App {
             user_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
             cancel: CancelMap::default(),
+            auth_cache: SecretCache::default(),
             state: watch::channel(RunState::Running).0,
         })
     }
@@ -155,6 +159,8 @@ impl App {
         self.tls.store(tls.clone());
         self.hba.store(Arc::new(loaded.hba));
         self.config.store(new.clone());
+        // auth_query, auth_user or a database may have changed: look secrets up afresh.
+        self.auth_cache.clear();
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|key, pool| match new.database(&key.database) {
             Some(db) => {

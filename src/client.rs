@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::{App, ClientSlot};
+use crate::auth::auth_query;
+use crate::auth::hba::{HbaConnection, HbaMethod, Transport};
 use crate::auth::{ScramSecret, ScramServer, ScramVerifier, md5_secret, verify_md5_response};
 use crate::cancel::ClientKey;
 use crate::config::{AuthType, Config, Database, PoolMode, Secret, SslMode};
@@ -262,7 +264,7 @@ async fn login(
     };
     let pool = app.pool(&db, &server_user);
     let mut out = Vec::with_capacity(512);
-    authenticate(config, &mut stream, &user, &pool, &mut out).await?;
+    authenticate(app, config, &mut stream, &user, &db, &pool).await?;
 
     let mode = config.pool_mode_for(&db, &user);
     let wanted = wanted_params(config, &params, peer);
@@ -397,48 +399,211 @@ fn wrong_password(user: &str) -> ErrorResponse {
     )
 }
 
-/// Runs the auth exchange `auth_type` asks for. Unknown users go through the same exchange as
-/// known ones and get the same error.
+/// Runs the auth exchange `auth_type` asks for, with the user's secret from the userlist or
+/// `auth_query`. Unknown users go through the same exchange as known ones and get the same
+/// error.
 async fn authenticate(
+    app: &App,
     config: &Config,
     stream: &mut Stream,
     user: &str,
+    db: &Database,
     pool: &Pool,
-    out: &mut Vec<u8>,
 ) -> Result<(), LoginError> {
-    let secret = config.userlist.get(user).cloned();
+    let (secret, looked_up) = match config.userlist.get(user) {
+        Some(secret) => (Some(secret.clone()), false),
+        None if config.general.auth_type == AuthType::Any => (None, false),
+        None => (
+            looked_up_secret(app, config, stream, user, db, pool).await?,
+            true,
+        ),
+    };
+    let result = exchange(app, config, stream, user, &db.name, secret, pool).await;
+    if looked_up && result.is_err() {
+        // The password may have changed on the server: ask again next time.
+        app.auth_cache.forget(&db.name, user);
+    }
+    result
+}
+
+/// The secret `auth_query` finds for a user missing from the userlist (`None` without
+/// `auth_user`, or for a user the server does not know either). The pool of that user gets
+/// it too, for logging in to the server.
+async fn looked_up_secret(
+    app: &App,
+    config: &Config,
+    stream: &mut Stream,
+    user: &str,
+    db: &Database,
+    pool: &Pool,
+) -> Result<Option<Secret>, LoginError> {
+    match auth_query::lookup(app, config, db, user).await {
+        Ok(secret) => {
+            if let Some(secret) = &secret
+                && pool.key.user == user
+            {
+                pool.set_looked_up_secret(secret);
+            }
+            Ok(secret)
+        }
+        Err(e) => Err(send_fatal(stream, e.to_client(&db.name)).await),
+    }
+}
+
+/// How a client proves who it is, from `auth_type` (or, with `auth_type = hba`, from the first
+/// matching line of `auth_hba_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// `any`: nothing is asked and the user name does not matter.
+    Any,
+    /// `trust`: nothing is asked; the user must be in the userlist when `listed` is set.
+    Trust {
+        listed: bool,
+    },
+    Plain,
+    Md5,
+    Scram,
+    /// The CN of the client's TLS certificate must be the user name.
+    Cert,
+    /// The OS user at the other end of the unix socket must be the user name.
+    Peer,
+    Reject,
+    /// `auth_type = hba` and no line matched.
+    NoHbaEntry,
+}
+
+fn method(app: &App, config: &Config, stream: &Stream, user: &str, database: &str) -> Method {
     match config.general.auth_type {
-        AuthType::Any => Ok(()),
-        AuthType::Trust => match secret {
+        AuthType::Any => Method::Any,
+        AuthType::Trust => Method::Trust { listed: true },
+        AuthType::Plain => Method::Plain,
+        AuthType::Md5 => Method::Md5,
+        AuthType::ScramSha256 => Method::Scram,
+        AuthType::Cert => Method::Cert,
+        AuthType::Pam => Method::Reject,
+        AuthType::Hba => {
+            let Some(rules) = app.hba() else {
+                return Method::NoHbaEntry;
+            };
+            let transport = match stream.tcp() {
+                Some(_) => Transport::Tcp {
+                    tls: stream.is_tls(),
+                },
+                None => Transport::Unix,
+            };
+            let addr = stream
+                .tcp()
+                .and_then(|t| t.peer_addr().ok())
+                .map(|a| a.ip());
+            let conn = HbaConnection {
+                transport,
+                addr,
+                database,
+                user,
+            };
+            match rules.method_for(&conn) {
+                None => Method::NoHbaEntry,
+                Some(HbaMethod::Trust) => Method::Trust { listed: false },
+                Some(HbaMethod::Reject) => Method::Reject,
+                Some(HbaMethod::Md5) => Method::Md5,
+                Some(HbaMethod::ScramSha256) => Method::Scram,
+                Some(HbaMethod::Password) => Method::Plain,
+                Some(HbaMethod::Cert) => Method::Cert,
+                Some(HbaMethod::Peer) => Method::Peer,
+            }
+        }
+    }
+}
+
+async fn exchange(
+    app: &App,
+    config: &Config,
+    stream: &mut Stream,
+    user: &str,
+    database: &str,
+    secret: Option<Secret>,
+    pool: &Pool,
+) -> Result<(), LoginError> {
+    let refuse = |msg: String| ErrorResponse::fatal(SqlState::INVALID_AUTHORIZATION, msg);
+    match method(app, config, stream, user, database) {
+        Method::Any | Method::Trust { listed: false } => Ok(()),
+        Method::Trust { listed: true } => match secret {
             Some(_) => Ok(()),
-            None => Err(send_fatal(
-                stream,
-                ErrorResponse::fatal(
-                    SqlState::INVALID_AUTHORIZATION,
-                    format!("no such user: \"{user}\""),
-                ),
-            )
-            .await),
+            None => Err(send_fatal(stream, refuse(format!("no such user: \"{user}\""))).await),
         },
-        AuthType::Plain => plain_auth(stream, user, secret.as_ref()).await,
-        AuthType::Md5 => match secret {
+        Method::Plain => plain_auth(stream, user, secret.as_ref()).await,
+        Method::Md5 => match secret {
             Some(Secret::Scram(_)) => scram_auth(stream, user, secret.as_ref(), pool).await,
             _ => md5_auth(stream, user, secret.as_ref()).await,
         },
-        AuthType::ScramSha256 => scram_auth(stream, user, secret.as_ref(), pool).await,
-        other => {
+        Method::Scram => scram_auth(stream, user, secret.as_ref(), pool).await,
+        Method::Cert => match crate::tls::client_certificate_cn(stream) {
+            Some(cn) if cn == user => Ok(()),
+            Some(_) => {
+                let msg = format!("certificate authentication failed for user \"{user}\"");
+                Err(send_fatal(stream, refuse(msg)).await)
+            }
+            None => {
+                let msg = format!(
+                    "certificate authentication failed for user \"{user}\": the connection has no client certificate"
+                );
+                Err(send_fatal(stream, refuse(msg)).await)
+            }
+        },
+        Method::Peer => match peer_os_user(stream) {
+            Some(os_user) if os_user == user => Ok(()),
+            _ => {
+                let msg = format!("peer authentication failed for user \"{user}\"");
+                Err(send_fatal(stream, refuse(msg)).await)
+            }
+        },
+        Method::Reject => {
+            let msg = format!("connection rejected for user \"{user}\", database \"{database}\"");
+            Err(send_fatal(stream, refuse(msg)).await)
+        }
+        Method::NoHbaEntry => {
             let msg = format!(
-                "auth_type \"{}\" is not supported by pgberth yet",
-                other.as_str()
+                "no auth_hba_file entry for host \"{}\", user \"{user}\", database \"{database}\", {}",
+                stream
+                    .tcp()
+                    .and_then(|t| t.peer_addr().ok())
+                    .map_or("local".into(), |a| a.ip().to_string()),
+                if stream.is_tls() {
+                    "TLS"
+                } else {
+                    "no encryption"
+                }
             );
-            out.clear();
-            Err(send_fatal(
-                stream,
-                ErrorResponse::fatal(SqlState::FEATURE_NOT_SUPPORTED, msg),
-            )
-            .await)
+            Err(send_fatal(stream, refuse(msg)).await)
         }
     }
+}
+
+/// The OS user at the other end of a unix socket (peer credentials).
+fn peer_os_user(stream: &Stream) -> Option<String> {
+    let Stream::Unix(unix) = stream else {
+        return None;
+    };
+    let uid = unix.peer_cred().ok()?.uid();
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into the buffers we own and points `result` at `pwd` or null.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 /// Reads the client's PasswordMessage (tag `p`), bounded before allocation.
@@ -566,7 +731,10 @@ async fn scram_auth(
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
+    // The keys log in as this user: only a pool whose server user is the client's own may use
+    // them (a database line's forced user= is somebody else).
     if from_verifier
+        && pool.key.user == user
         && let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier())
     {
         pool.set_scram_keys(client_key, verifier.server_key);

@@ -2,7 +2,10 @@
 //! server verifying a client and as the client logging in to PostgreSQL, including SCRAM
 //! pass-through with a recovered ClientKey) and PostgreSQL's md5 scheme. Callers feed in the
 //! bytes of SASL / password messages and send out the bytes these functions return.
+//! `hba` reads pg_hba.conf-style rules from a file.
+//! `auth_query` is the exception: it looks secrets up on the server, over a pooled connection.
 
+pub mod auth_query;
 pub mod hba;
 mod md5;
 mod scram;

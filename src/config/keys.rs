@@ -8,9 +8,6 @@ pub const NOT_YET_EFFECTIVE_GENERAL_KEYS: &[(&str, &str)] = &[
     ("stats_users", "the admin console is not available yet"),
     ("stats_period", "statistics are not collected yet"),
     ("log_stats", "statistics are not collected yet"),
-    ("auth_user", "auth_query is not supported yet"),
-    ("auth_query", "auth_query is not supported yet"),
-    ("auth_dbname", "auth_query is not supported yet"),
     ("auth_hba_file", "auth_type = hba is not supported yet"),
     ("metrics_listen", "Prometheus metrics are not available yet"),
     (

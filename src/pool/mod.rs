@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 pub use limit::Limit;
 pub use settings::PoolSettings;
 
+use crate::config::Secret;
 use crate::server::{self, ServerConnectError, ServerPassword};
 use crate::stream::Stream;
 
@@ -190,6 +191,8 @@ struct Inner {
     params: Option<Arc<[(String, String)]>>,
     /// SCRAM keys from a client's exchange, for logging in without a plaintext password.
     scram_keys: Option<([u8; 32], [u8; 32])>,
+    /// The server user's secret as `auth_query` found it (the user is not in the userlist).
+    looked_up: Option<Secret>,
     last_failure: Option<LoginFailure>,
     /// Retired by a reload that removed its database.
     closed: bool,
@@ -278,18 +281,27 @@ impl Pool {
         self.lock().scram_keys = Some((client_key, server_key));
     }
 
+    /// Remembers the server user's secret found by `auth_query`: the password to log in with
+    /// when the config gives none (a SCRAM verifier means SCRAM pass-through).
+    pub fn set_looked_up_secret(&self, secret: &Secret) {
+        self.lock().looked_up = Some(secret.clone());
+    }
+
     fn server_password(&self, settings: &PoolSettings) -> ServerPassword {
-        match &settings.password {
-            ServerPassword::None => match self.lock().scram_keys {
-                Some((client_key, server_key)) if settings.scram_passthrough => {
-                    ServerPassword::ScramKeys {
-                        client_key,
-                        server_key,
-                    }
-                }
-                _ => ServerPassword::None,
-            },
-            other => other.clone(),
+        if !matches!(settings.password, ServerPassword::None) {
+            return settings.password.clone();
+        }
+        let inner = self.lock();
+        let keys = |(client_key, server_key)| ServerPassword::ScramKeys {
+            client_key,
+            server_key,
+        };
+        match (&inner.looked_up, inner.scram_keys) {
+            (_, Some(k)) if settings.scram_passthrough => keys(k),
+            (Some(Secret::Plain(p)), _) => ServerPassword::Plain(p.clone()),
+            (Some(Secret::Md5(m)), _) => ServerPassword::Md5(m.clone()),
+            (Some(Secret::Scram(_)), Some(k)) => keys(k),
+            _ => ServerPassword::None,
         }
     }
 
