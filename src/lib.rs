@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod process;
 pub mod protocol;
 pub mod relay;

@@ -1,0 +1,558 @@
+//! Named prepared statements in transaction and statement mode.
+//!
+//! A client's statements live on whichever server connection it had when it prepared them, but
+//! in transaction pooling its next Bind may run on another one. pgberth therefore:
+//! - interns every named statement by its Parse body (query text and parameter types) into a
+//!   process-wide [`Registry`]: identical statements of all clients share one [`Statement`]
+//!   with one server-side name, `pgberth_<id>`;
+//! - keeps each client's names → statements ([`ClientStatements`]) and each server
+//!   connection's prepared set with LRU eviction at `max_prepared_statements`
+//!   ([`ServerStatements`]);
+//! - rewrites the client's stream ([`Rewriter::client`]): Parse, Bind, Describe and Close get
+//!   the server-side name; a statement the server connection lacks is parsed right before its
+//!   first use there; a Parse of a statement the server already has, and a client's Close of a
+//!   statement, become a Close of a name that never exists — which PostgreSQL answers with
+//!   CloseComplete, in order, with no error;
+//! - fixes the server's answers ([`Rewriter::server`]): that CloseComplete becomes the
+//!   ParseComplete the client expects (same length, one byte changed in place), and the
+//!   ParseComplete / CloseComplete of what pgberth injected itself are removed.
+//!
+//! Answers are matched to requests by counting: every Parse yields one ParseComplete and every
+//! Close one CloseComplete, unless an error makes the server skip to the next Sync, which is
+//! tracked as an epoch (one per Sync or Query sent).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::protocol::{FrameError, frontend};
+
+/// A statement name PostgreSQL never has: closing it is a no-op answered by CloseComplete.
+const NEVER_PREPARED: &[u8] = b"pgberth_never_prepared";
+
+const PARSE_COMPLETE: u8 = b'1';
+const CLOSE_COMPLETE: u8 = b'3';
+const ERROR_RESPONSE: u8 = b'E';
+const READY_FOR_QUERY: u8 = b'Z';
+
+/// One distinct statement (query text and parameter types) known to pgberth.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// The complete Parse message that prepares it under its server-side name.
+    parse: Box<[u8]>,
+}
+
+impl Statement {
+    /// The server-side name, `pgberth_<id>`.
+    pub fn server_name(&self) -> String {
+        format!("pgberth_{}", self.id)
+    }
+}
+
+/// Process-wide interning of statements by their Parse body after the name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_body: Mutex<HashMap<Box<[u8]>, Weak<Statement>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// The statement for this Parse body (query, parameter count and types), shared by every
+    /// client that prepares the same text.
+    pub fn intern(&self, body_after_name: &[u8]) -> Arc<Statement> {
+        let mut map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stmt) = map.get(body_after_name).and_then(Weak::upgrade) {
+            return stmt;
+        }
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("pgberth_{id}");
+        let mut parse = Vec::with_capacity(6 + name.len() + body_after_name.len());
+        parse.push(frontend::PARSE);
+        parse.extend_from_slice(&[0; 4]);
+        parse.extend_from_slice(name.as_bytes());
+        parse.push(0);
+        parse.extend_from_slice(body_after_name);
+        let len = (parse.len() - 1) as u32;
+        parse[1..5].copy_from_slice(&len.to_be_bytes());
+        let stmt = Arc::new(Statement { id, parse: parse.into() });
+        map.insert(body_after_name.into(), Arc::downgrade(&stmt));
+        stmt
+    }
+}
+
+/// The names one client gave its statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL from the client.
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// The statements prepared on one server connection, least recently used first out. Holding
+/// them keeps them interned while the server has them, for other clients to reuse.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    last_use: HashMap<u64, (u64, Arc<Statement>)>,
+    tick: u64,
+}
+
+impl ServerStatements {
+    pub fn contains(&self, id: u64) -> bool {
+        self.last_use.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_use.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_use.is_empty()
+    }
+
+    fn touch(&mut self, stmt: &Arc<Statement>) {
+        self.tick += 1;
+        let tick = self.tick;
+        self.last_use.entry(stmt.id).and_modify(|e| e.0 = tick).or_insert_with(|| (tick, stmt.clone()));
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.last_use.remove(&id);
+    }
+
+    /// The server forgot everything (DISCARD ALL, DEALLOCATE ALL, a reset query).
+    pub fn clear(&mut self) {
+        self.last_use.clear();
+    }
+
+    fn least_recently_used(&self) -> Option<u64> {
+        self.last_use.iter().min_by_key(|(_, (tick, _))| *tick).map(|(id, _)| *id)
+    }
+}
+
+/// Counters for statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Statements parsed on a server connection (client Parse or injected before use).
+    pub prepared: u64,
+    /// Client Parses answered without parsing, the server connection already had it.
+    pub reused: u64,
+    /// Statements closed on a server connection to stay within `max_prepared_statements`.
+    pub evicted: u64,
+}
+
+/// What to do with one ParseComplete the server will send.
+#[derive(Debug, Clone, Copy)]
+struct ParseFate {
+    epoch: u64,
+    /// pgberth injected this Parse: the client must not see its answer.
+    swallow: bool,
+    /// The statement this Parse adds to the server connection (undone if it never completes).
+    adds: Option<u64>,
+}
+
+/// What to do with one CloseComplete the server will send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseFate {
+    /// The client's own Close (or its Close turned into a no-op): forward.
+    Forward,
+    /// Stands for the ParseComplete of a Parse the server already had: rewrite the tag.
+    AsParseComplete,
+    /// pgberth closed an evicted statement: remove.
+    Swallow,
+}
+
+/// The rewriting state of one client's stretch on one server connection.
+#[derive(Debug, Default)]
+pub struct Rewriter {
+    /// An incomplete Parse/Bind/Describe/Close (or header), held until it is whole.
+    carry: Vec<u8>,
+    /// Bytes left of a message being passed through unchanged.
+    pass_remaining: usize,
+    /// Syncs and Queries sent (each ends an epoch on the server with ReadyForQuery).
+    epochs_sent: u64,
+    /// ReadyForQuery messages received.
+    epochs_done: u64,
+    parse_fates: VecDeque<ParseFate>,
+    close_fates: VecDeque<(u64, CloseFate)>,
+    /// Where the server's stream is: at a message start, in its length, or in its body.
+    server_at: ServerAt,
+    pub counts: Counts,
+}
+
+impl Rewriter {
+    /// Nothing is in flight that needs fixing on the way back.
+    pub fn settled(&self) -> bool {
+        self.carry.is_empty()
+            && self.pass_remaining == 0
+            && self.parse_fates.is_empty()
+            && self.close_fates.is_empty()
+            && matches!(self.server_at, ServerAt::Start)
+    }
+
+    /// Rewrites a chunk the client sent into the bytes to send to the server (`out`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn client(
+        &mut self,
+        chunk: &[u8],
+        registry: &Registry,
+        client: &mut ClientStatements,
+        server: &mut ServerStatements,
+        max_prepared: usize,
+        max_message: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.pass_remaining > 0 {
+                let take = self.pass_remaining.min(rest.len());
+                out.extend_from_slice(&rest[..take]);
+                self.pass_remaining -= take;
+                rest = &rest[take..];
+                continue;
+            }
+            // Gather at least a header, and the whole message when it is one to rewrite.
+            let (tag, total) = if self.carry.is_empty() && rest.len() >= 5 {
+                header(rest, max_message)?
+            } else {
+                let need = if self.carry.len() < 5 { 5 - self.carry.len() } else { 0 };
+                let take = need.min(rest.len());
+                self.carry.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.carry.len() < 5 {
+                    continue;
+                }
+                header(&self.carry, max_message)?
+            };
+            let rewritable = matches!(
+                tag,
+                frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+            );
+            if !rewritable {
+                // Pass through: what was carried, then the rest as it comes.
+                let carried = std::mem::take(&mut self.carry);
+                out.extend_from_slice(&carried);
+                self.pass_remaining = total - carried.len();
+                if matches!(tag, frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL) {
+                    self.epochs_sent += 1;
+                }
+                continue;
+            }
+            if self.carry.is_empty() && rest.len() >= total {
+                let (msg, after) = rest.split_at(total);
+                self.rewrite(tag, msg, registry, client, server, max_prepared, out)?;
+                rest = after;
+                continue;
+            }
+            let need = total - self.carry.len();
+            let take = need.min(rest.len());
+            self.carry.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.carry.len() == total {
+                let msg = std::mem::take(&mut self.carry);
+                self.rewrite(tag, &msg, registry, client, server, max_prepared, out)?;
+                self.carry = msg;
+                self.carry.clear();
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        registry: &Registry,
+        client: &mut ClientStatements,
+        server: &mut ServerStatements,
+        max_prepared: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        let body = &msg[5..];
+        match tag {
+            frontend::PARSE => {
+                let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
+                if name.is_empty() {
+                    self.expect_parse(false, None);
+                    out.extend_from_slice(msg);
+                    return Ok(());
+                }
+                let stmt = registry.intern(after_name);
+                client.by_name.insert(name.into(), stmt.clone());
+                if server.contains(stmt.id) {
+                    server.touch(&stmt);
+                    self.counts.reused += 1;
+                    self.close_fates.push_back((self.epochs_sent, CloseFate::AsParseComplete));
+                    close_message(out, b'S', NEVER_PREPARED);
+                } else {
+                    self.make_room(server, max_prepared, out);
+                    server.touch(&stmt);
+                    self.counts.prepared += 1;
+                    self.expect_parse(false, Some(stmt.id));
+                    out.extend_from_slice(&stmt.parse);
+                }
+            }
+            frontend::BIND => {
+                let (portal, after_portal) = split_cstr(body).ok_or(FrameError::Malformed("Bind"))?;
+                let (name, after_name) =
+                    split_cstr(after_portal).ok_or(FrameError::Malformed("Bind"))?;
+                let Some(stmt) = self.statement_for_use(name, client, server, max_prepared, out) else {
+                    out.extend_from_slice(msg);
+                    return Ok(());
+                };
+                let server_name = stmt.server_name();
+                let start = out.len();
+                out.push(frontend::BIND);
+                out.extend_from_slice(&[0; 4]);
+                out.extend_from_slice(portal);
+                out.push(0);
+                out.extend_from_slice(server_name.as_bytes());
+                out.push(0);
+                out.extend_from_slice(after_name);
+                patch_len(out, start);
+            }
+            frontend::DESCRIBE => {
+                let (&kind, name_part) = body.split_first().ok_or(FrameError::Malformed("Describe"))?;
+                let (name, _) = split_cstr(name_part).ok_or(FrameError::Malformed("Describe"))?;
+                if kind != b'S' {
+                    out.extend_from_slice(msg);
+                    return Ok(());
+                }
+                match self.statement_for_use(name, client, server, max_prepared, out) {
+                    Some(stmt) => describe_message(out, &stmt.server_name()),
+                    None => out.extend_from_slice(msg),
+                }
+            }
+            frontend::CLOSE => {
+                let (&kind, name_part) = body.split_first().ok_or(FrameError::Malformed("Close"))?;
+                let (name, _) = split_cstr(name_part).ok_or(FrameError::Malformed("Close"))?;
+                self.close_fates.push_back((self.epochs_sent, CloseFate::Forward));
+                if kind == b'S' && !name.is_empty() {
+                    // Other clients may share the statement: forget the client's name only.
+                    client.by_name.remove(name);
+                    close_message(out, b'S', NEVER_PREPARED);
+                } else {
+                    out.extend_from_slice(msg);
+                }
+            }
+            _ => unreachable!("only rewritable messages get here"),
+        }
+        Ok(())
+    }
+
+    /// The statement a Bind or Describe names, prepared on this server connection first if
+    /// needed. `None` for the unnamed statement or a name the client never prepared (the
+    /// message then goes through unchanged and PostgreSQL reports the error).
+    fn statement_for_use(
+        &mut self,
+        name: &[u8],
+        client: &ClientStatements,
+        server: &mut ServerStatements,
+        max_prepared: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            return None;
+        }
+        let stmt = client.by_name.get(name)?.clone();
+        if !server.contains(stmt.id) {
+            self.make_room(server, max_prepared, out);
+            self.counts.prepared += 1;
+            self.expect_parse(true, Some(stmt.id));
+            out.extend_from_slice(&stmt.parse);
+        }
+        server.touch(&stmt);
+        Some(stmt)
+    }
+
+    /// Closes the least recently used statement when the server connection is full.
+    fn make_room(&mut self, server: &mut ServerStatements, max_prepared: usize, out: &mut Vec<u8>) {
+        if max_prepared == 0 || server.len() < max_prepared {
+            return;
+        }
+        if let Some(victim) = server.least_recently_used() {
+            server.remove(victim);
+            self.counts.evicted += 1;
+            self.close_fates.push_back((self.epochs_sent, CloseFate::Swallow));
+            close_message(out, b'S', format!("pgberth_{victim}").as_bytes());
+        }
+    }
+
+    fn expect_parse(&mut self, swallow: bool, adds: Option<u64>) {
+        let fate = ParseFate { epoch: self.epochs_sent, swallow, adds };
+        self.parse_fates.push_back(fate);
+    }
+
+    /// Fixes a chunk from the server in place and returns its new length (never longer).
+    /// Removes the answers to what pgberth injected, turns stand-in CloseCompletes into
+    /// ParseCompletes, and on an error forgets what the server will now skip. A message's fate
+    /// depends on its tag alone, so it is decided on the tag's byte, wherever chunks split.
+    pub fn server(&mut self, chunk: &mut [u8], server: &mut ServerStatements) -> usize {
+        let len = chunk.len();
+        let (mut read, mut write) = (0, 0);
+        while read < len {
+            match self.server_at {
+                ServerAt::Start => {
+                    let tag = chunk[read];
+                    let drop = match self.on_server_message(tag, server) {
+                        Keep::Forward => false,
+                        Keep::Rewrite(new) => {
+                            chunk[read] = new;
+                            false
+                        }
+                        Keep::Drop => true,
+                    };
+                    if !drop {
+                        chunk[write] = chunk[read];
+                        write += 1;
+                    }
+                    read += 1;
+                    self.server_at = ServerAt::Length { drop, have: 0, bytes: [0; 4] };
+                }
+                ServerAt::Length { drop, mut have, mut bytes } => {
+                    let take = (4 - have as usize).min(len - read);
+                    bytes[have as usize..have as usize + take].copy_from_slice(&chunk[read..read + take]);
+                    if !drop {
+                        chunk.copy_within(read..read + take, write);
+                        write += take;
+                    }
+                    read += take;
+                    have += take as u8;
+                    self.server_at = if have < 4 {
+                        ServerAt::Length { drop, have, bytes }
+                    } else {
+                        let remaining = (u32::from_be_bytes(bytes) as usize).saturating_sub(4);
+                        if remaining == 0 { ServerAt::Start } else { ServerAt::Body { drop, remaining } }
+                    };
+                }
+                ServerAt::Body { drop, remaining } => {
+                    let take = remaining.min(len - read);
+                    if !drop {
+                        chunk.copy_within(read..read + take, write);
+                        write += take;
+                    }
+                    read += take;
+                    self.server_at = if remaining == take {
+                        ServerAt::Start
+                    } else {
+                        ServerAt::Body { drop, remaining: remaining - take }
+                    };
+                }
+            }
+        }
+        write
+    }
+
+    fn on_server_message(&mut self, tag: u8, server: &mut ServerStatements) -> Keep {
+        match tag {
+            PARSE_COMPLETE => match self.parse_fates.pop_front() {
+                Some(fate) if fate.swallow => Keep::Drop,
+                _ => Keep::Forward,
+            },
+            CLOSE_COMPLETE => match self.close_fates.pop_front() {
+                Some((_, CloseFate::AsParseComplete)) => Keep::Rewrite(PARSE_COMPLETE),
+                Some((_, CloseFate::Swallow)) => Keep::Drop,
+                _ => Keep::Forward,
+            },
+            ERROR_RESPONSE => {
+                // The server skips to the next Sync: what was sent in this epoch and not yet
+                // answered will never be.
+                let epoch = self.epochs_done;
+                while let Some(fate) = self.parse_fates.front() {
+                    if fate.epoch != epoch {
+                        break;
+                    }
+                    if let Some(id) = fate.adds {
+                        server.remove(id);
+                    }
+                    self.parse_fates.pop_front();
+                }
+                while self.close_fates.front().is_some_and(|(e, _)| *e == epoch) {
+                    self.close_fates.pop_front();
+                }
+                Keep::Forward
+            }
+            READY_FOR_QUERY => {
+                self.epochs_done += 1;
+                Keep::Forward
+            }
+            _ => Keep::Forward,
+        }
+    }
+}
+
+enum Keep {
+    Forward,
+    Rewrite(u8),
+    Drop,
+}
+
+/// Position in the server's stream, for [`Rewriter::server`].
+#[derive(Debug, Clone, Copy, Default)]
+enum ServerAt {
+    #[default]
+    Start,
+    Length { drop: bool, have: u8, bytes: [u8; 4] },
+    Body { drop: bool, remaining: usize },
+}
+
+fn header(buf: &[u8], max_message: usize) -> Result<(u8, usize), FrameError> {
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(FrameError::BadLength(len));
+    }
+    if len >= max_message {
+        return Err(FrameError::TooLong { len: len + 1, max: max_message });
+    }
+    Ok((buf[0], len + 1))
+}
+
+fn split_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..nul], &buf[nul + 1..]))
+}
+
+fn patch_len(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn close_message(out: &mut Vec<u8>, kind: u8, name: &[u8]) {
+    let start = out.len();
+    out.push(frontend::CLOSE);
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    out.extend_from_slice(name);
+    out.push(0);
+    patch_len(out, start);
+}
+
+fn describe_message(out: &mut Vec<u8>, name: &str) {
+    let start = out.len();
+    out.push(frontend::DESCRIBE);
+    out.extend_from_slice(&[0; 4]);
+    out.push(b'S');
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    patch_len(out, start);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! Byte-level tests of statement rewriting: client messages in, server messages out.
+
+use super::*;
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parse(name: &str, query: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(query.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0u16.to_be_bytes());
+    msg(b'P', &body)
+}
+
+fn bind(stmt: &str) -> Vec<u8> {
+    let mut body = vec![0u8]; // unnamed portal
+    body.extend_from_slice(stmt.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no params, no result formats
+    msg(b'B', &body)
+}
+
+fn close_stmt(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    msg(b'C', &body)
+}
+
+fn sync() -> Vec<u8> {
+    msg(b'S', &[])
+}
+
+/// The tags of a server stream.
+fn tags(stream: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize + 1;
+        out.push((rest[0] as char).to_string());
+        rest = &rest[len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes");
+    out
+}
+
+/// Tags and the names they carry, to compare client streams readably.
+fn summary(stream: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize + 1;
+        let (m, after) = rest.split_at(len);
+        let body = &m[5..];
+        let text = match m[0] {
+            b'P' => format!("P {}", String::from_utf8_lossy(split_cstr(body).unwrap().0)),
+            b'B' => {
+                let (_, after_portal) = split_cstr(body).unwrap();
+                format!("B {}", String::from_utf8_lossy(split_cstr(after_portal).unwrap().0))
+            }
+            b'C' | b'D' => format!(
+                "{} {}",
+                m[0] as char,
+                String::from_utf8_lossy(split_cstr(&body[1..]).unwrap().0)
+            ),
+            t => (t as char).to_string(),
+        };
+        out.push(text);
+        rest = after;
+    }
+    assert!(rest.is_empty(), "trailing bytes");
+    out
+}
+
+struct Harness {
+    registry: Registry,
+    client: ClientStatements,
+    server: ServerStatements,
+    rw: Rewriter,
+    max: usize,
+}
+
+impl Harness {
+    fn new(max: usize) -> Harness {
+        Harness {
+            registry: Registry::default(),
+            client: ClientStatements::default(),
+            server: ServerStatements::default(),
+            rw: Rewriter::default(),
+            max,
+        }
+    }
+
+    fn send(&mut self, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in chunks {
+            self.rw
+                .client(c, &self.registry, &mut self.client, &mut self.server, self.max, 1 << 20, &mut out)
+                .unwrap();
+        }
+        out
+    }
+
+    fn receive(&mut self, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut buf = c.to_vec();
+            let n = self.rw.server(&mut buf, &mut self.server);
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn a_named_parse_is_renamed_and_its_answer_passes() {
+    let mut h = Harness::new(10);
+    let out = h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    assert_eq!(summary(&out), ["P pgberth_1", "S"]);
+    let back = h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["1", "Z"]);
+    assert!(h.rw.settled());
+    assert_eq!(h.rw.counts.prepared, 1);
+}
+
+#[test]
+fn parsing_a_statement_the_server_has_is_answered_by_a_renamed_close_complete() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    // Another client, same text, on the same server connection.
+    h.client = ClientStatements::default();
+    let out = h.send(&[&cat(&[parse("other", "select 1"), bind("other"), sync()])]);
+    assert_eq!(summary(&out), ["C pgberth_never_prepared", "B pgberth_1", "S"]);
+    let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'2', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["1", "2", "Z"], "CloseComplete stands in for ParseComplete");
+    assert_eq!(h.rw.counts.reused, 1);
+}
+
+#[test]
+fn binding_on_a_server_without_the_statement_parses_it_first_and_hides_that_answer() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    // The next transaction runs on a fresh server connection.
+    h.server = ServerStatements::default();
+    let out = h.send(&[&cat(&[bind("s1"), msg(b'E', &[0, 0, 0, 0, 0]), sync()])]);
+    assert_eq!(summary(&out), ["P pgberth_1", "B pgberth_1", "E", "S"]);
+    let back = h.receive(&[&cat(&[
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"I"),
+    ])]);
+    assert_eq!(tags(&back), ["2", "C", "Z"]);
+    assert!(h.server.contains(1));
+}
+
+#[test]
+fn a_client_close_forgets_only_its_name_and_gets_close_complete() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let out = h.send(&[&cat(&[close_stmt("s1"), sync()])]);
+    assert_eq!(summary(&out), ["C pgberth_never_prepared", "S"]);
+    assert!(h.server.contains(1), "the server keeps it for other clients");
+    assert!(h.client.is_empty());
+    let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["3", "Z"]);
+    // The name is unknown now: a Bind goes through unchanged, for PostgreSQL to refuse.
+    let out = h.send(&[&cat(&[bind("s1"), sync()])]);
+    assert_eq!(summary(&out), ["B s1", "S"]);
+}
+
+#[test]
+fn the_least_recently_used_statement_is_closed_when_the_server_is_full() {
+    let mut h = Harness::new(1);
+    h.send(&[&cat(&[parse("a", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let out = h.send(&[&cat(&[parse("b", "select 2"), sync()])]);
+    assert_eq!(summary(&out), ["C pgberth_1", "P pgberth_2", "S"]);
+    let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'1', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["1", "Z"], "the eviction's CloseComplete is hidden");
+    assert_eq!(h.rw.counts.evicted, 1);
+    // "a" is used again: prepared again, evicting "b".
+    let out = h.send(&[&cat(&[bind("a"), sync()])]);
+    assert_eq!(summary(&out), ["C pgberth_2", "P pgberth_1", "B pgberth_1", "S"]);
+    let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["2", "Z"]);
+}
+
+#[test]
+fn an_error_forgets_statements_the_server_skipped() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    h.server = ServerStatements::default();
+    // The injected Parse fails (say the table is gone): the server skips Bind too.
+    h.send(&[&cat(&[bind("s1"), sync()])]);
+    let back = h.receive(&[&cat(&[msg(b'E', b"SERROR\0C42P01\0Mno\0\0"), msg(b'Z', b"I")])]);
+    assert_eq!(summary(&back), ["E", "Z"]);
+    assert!(!h.server.contains(1), "not prepared after all");
+    assert!(h.rw.settled());
+}
+
+#[test]
+fn splitting_either_stream_anywhere_changes_nothing() {
+    let mut whole = Harness::new(10);
+    let client_stream = cat(&[parse("s1", "select 1"), bind("s1"), sync(), close_stmt("s1"), sync()]);
+    let expected_out = whole.send(&[&client_stream]);
+    let server_stream = cat(&[msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I"), msg(b'3', &[]), msg(b'Z', b"I")]);
+    let expected_back = whole.receive(&[&server_stream]);
+    for split in 1..client_stream.len() {
+        let mut h = Harness::new(10);
+        let out = h.send(&[&client_stream[..split], &client_stream[split..]]);
+        assert_eq!(out, expected_out, "client split at {split}");
+    }
+    for split in 1..server_stream.len() {
+        let mut h = Harness::new(10);
+        h.send(&[&client_stream]);
+        let back = h.receive(&[&server_stream[..split], &server_stream[split..]]);
+        assert_eq!(back, expected_back, "server split at {split}");
+    }
+    // With a hidden answer in the stream too.
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    h.server = ServerStatements::default();
+    h.send(&[&cat(&[bind("s1"), sync()])]);
+    let stream = cat(&[msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I")]);
+    for split in 1..stream.len() {
+        let mut h2 = Harness::new(10);
+        h2.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+        h2.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+        h2.server = ServerStatements::default();
+        h2.send(&[&cat(&[bind("s1"), sync()])]);
+        let back = h2.receive(&[&stream[..split], &stream[split..]]);
+        assert_eq!(summary(&back), ["2", "Z"], "split at {split}");
+    }
+}
+
+#[test]
+fn unnamed_statements_and_other_messages_pass_unchanged() {
+    let mut h = Harness::new(10);
+    let stream = cat(&[parse("", "select 1"), bind(""), msg(b'E', &[0, 0, 0, 0, 0]), sync(), msg(b'Q', b"select 2\0")]);
+    let out = h.send(&[&stream]);
+    assert_eq!(out, stream);
+    assert!(h.client.is_empty());
+}
+
+#[test]
+fn identical_text_shares_one_statement() {
+    let registry = Registry::default();
+    let a = registry.intern(b"select 1\0\0\0");
+    let b = registry.intern(b"select 1\0\0\0");
+    let c = registry.intern(b"select 2\0\0\0");
+    assert_eq!(a.id, b.id);
+    assert_ne!(a.id, c.id);
+}
