@@ -38,6 +38,8 @@ pub struct App {
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: AtomicUsize,
     pub cancel: CancelMap,
+    /// Named prepared statements of all clients, by text (transaction and statement mode).
+    pub statements: Arc<crate::prepared::Registry>,
     /// Secrets found by `auth_query`, kept for a short while.
     pub auth_cache: SecretCache,
     state: watch::Sender<RunState>,
@@ -68,6 +70,7 @@ impl App {
             user_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
             cancel: CancelMap::default(),
+            statements: Arc::default(),
             auth_cache: SecretCache::default(),
             state: watch::channel(RunState::Running).0,
         })

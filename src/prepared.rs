@@ -78,7 +78,10 @@ impl Registry {
         parse.extend_from_slice(body_after_name);
         let len = (parse.len() - 1) as u32;
         parse[1..5].copy_from_slice(&len.to_be_bytes());
-        let stmt = Arc::new(Statement { id, parse: parse.into() });
+        let stmt = Arc::new(Statement {
+            id,
+            parse: parse.into(),
+        });
         map.insert(body_after_name.into(), Arc::downgrade(&stmt));
         stmt
     }
@@ -129,7 +132,10 @@ impl ServerStatements {
     fn touch(&mut self, stmt: &Arc<Statement>) {
         self.tick += 1;
         let tick = self.tick;
-        self.last_use.entry(stmt.id).and_modify(|e| e.0 = tick).or_insert_with(|| (tick, stmt.clone()));
+        self.last_use
+            .entry(stmt.id)
+            .and_modify(|e| e.0 = tick)
+            .or_insert_with(|| (tick, stmt.clone()));
     }
 
     fn remove(&mut self, id: u64) {
@@ -142,8 +148,75 @@ impl ServerStatements {
     }
 
     fn least_recently_used(&self) -> Option<u64> {
-        self.last_use.iter().min_by_key(|(_, (tick, _))| *tick).map(|(id, _)| *id)
+        self.last_use
+            .iter()
+            .min_by_key(|(_, (tick, _))| *tick)
+            .map(|(id, _)| *id)
     }
+}
+
+/// A transaction-mode client's statement state: its names, the rewriter of its stream and the
+/// buffer rewritten bytes go to. Boxed in the session and created at first use, so idle
+/// clients that never prepare anything pay nothing.
+#[derive(Debug)]
+pub struct ClientState {
+    pub statements: ClientStatements,
+    pub rewriter: Rewriter,
+    /// Rewritten client bytes; capacity is kept between transactions, up to `STAGE_KEEP`.
+    pub stage: Vec<u8>,
+    pub registry: Arc<Registry>,
+    pub max_prepared: usize,
+}
+
+impl ClientState {
+    pub fn new(registry: Arc<Registry>, max_prepared: usize) -> ClientState {
+        ClientState {
+            statements: ClientStatements::default(),
+            rewriter: Rewriter::default(),
+            stage: Vec::new(),
+            registry,
+            max_prepared,
+        }
+    }
+
+    /// Starts a stretch on a (possibly different) server connection.
+    pub fn start_stretch(&mut self, max_prepared: usize) {
+        self.rewriter.reset();
+        self.max_prepared = max_prepared;
+        if self.stage.capacity() > STAGE_KEEP {
+            self.stage = Vec::new();
+        }
+    }
+
+    /// Rewrites a chunk from the client into `stage` (see [`Rewriter::client`]).
+    pub fn rewrite_client(
+        &mut self,
+        chunk: &[u8],
+        server: &mut ServerStatements,
+        max_message: usize,
+    ) -> Result<(), FrameError> {
+        self.stage.clear();
+        self.rewriter.client(
+            chunk,
+            &self.registry,
+            &mut self.statements,
+            server,
+            self.max_prepared,
+            max_message,
+            &mut self.stage,
+        )
+    }
+}
+
+/// The staging buffer keeps at most this much capacity between transactions.
+const STAGE_KEEP: usize = 16 * 1024;
+
+/// What the relay needs to rewrite one stretch: the client's state and the server
+/// connection's statements.
+#[derive(Debug)]
+pub struct Rewriting<'a> {
+    pub client: &'a mut ClientState,
+    pub server: &'a mut ServerStatements,
 }
 
 /// Counters for statistics.
@@ -197,6 +270,17 @@ pub struct Rewriter {
 }
 
 impl Rewriter {
+    /// Starts a stretch on a (possibly different) server connection; counters are kept.
+    pub fn reset(&mut self) {
+        self.carry.clear();
+        self.pass_remaining = 0;
+        self.epochs_sent = 0;
+        self.epochs_done = 0;
+        self.parse_fates.clear();
+        self.close_fates.clear();
+        self.server_at = ServerAt::Start;
+    }
+
     /// Nothing is in flight that needs fixing on the way back.
     pub fn settled(&self) -> bool {
         self.carry.is_empty()
@@ -231,7 +315,11 @@ impl Rewriter {
             let (tag, total) = if self.carry.is_empty() && rest.len() >= 5 {
                 header(rest, max_message)?
             } else {
-                let need = if self.carry.len() < 5 { 5 - self.carry.len() } else { 0 };
+                let need = if self.carry.len() < 5 {
+                    5 - self.carry.len()
+                } else {
+                    0
+                };
                 let take = need.min(rest.len());
                 self.carry.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
@@ -249,7 +337,10 @@ impl Rewriter {
                 let carried = std::mem::take(&mut self.carry);
                 out.extend_from_slice(&carried);
                 self.pass_remaining = total - carried.len();
-                if matches!(tag, frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL) {
+                if matches!(
+                    tag,
+                    frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL
+                ) {
                     self.epochs_sent += 1;
                 }
                 continue;
@@ -299,7 +390,8 @@ impl Rewriter {
                 if server.contains(stmt.id) {
                     server.touch(&stmt);
                     self.counts.reused += 1;
-                    self.close_fates.push_back((self.epochs_sent, CloseFate::AsParseComplete));
+                    self.close_fates
+                        .push_back((self.epochs_sent, CloseFate::AsParseComplete));
                     close_message(out, b'S', NEVER_PREPARED);
                 } else {
                     self.make_room(server, max_prepared, out);
@@ -310,10 +402,12 @@ impl Rewriter {
                 }
             }
             frontend::BIND => {
-                let (portal, after_portal) = split_cstr(body).ok_or(FrameError::Malformed("Bind"))?;
+                let (portal, after_portal) =
+                    split_cstr(body).ok_or(FrameError::Malformed("Bind"))?;
                 let (name, after_name) =
                     split_cstr(after_portal).ok_or(FrameError::Malformed("Bind"))?;
-                let Some(stmt) = self.statement_for_use(name, client, server, max_prepared, out) else {
+                let Some(stmt) = self.statement_for_use(name, client, server, max_prepared, out)
+                else {
                     out.extend_from_slice(msg);
                     return Ok(());
                 };
@@ -329,7 +423,9 @@ impl Rewriter {
                 patch_len(out, start);
             }
             frontend::DESCRIBE => {
-                let (&kind, name_part) = body.split_first().ok_or(FrameError::Malformed("Describe"))?;
+                let (&kind, name_part) = body
+                    .split_first()
+                    .ok_or(FrameError::Malformed("Describe"))?;
                 let (name, _) = split_cstr(name_part).ok_or(FrameError::Malformed("Describe"))?;
                 if kind != b'S' {
                     out.extend_from_slice(msg);
@@ -341,9 +437,11 @@ impl Rewriter {
                 }
             }
             frontend::CLOSE => {
-                let (&kind, name_part) = body.split_first().ok_or(FrameError::Malformed("Close"))?;
+                let (&kind, name_part) =
+                    body.split_first().ok_or(FrameError::Malformed("Close"))?;
                 let (name, _) = split_cstr(name_part).ok_or(FrameError::Malformed("Close"))?;
-                self.close_fates.push_back((self.epochs_sent, CloseFate::Forward));
+                self.close_fates
+                    .push_back((self.epochs_sent, CloseFate::Forward));
                 if kind == b'S' && !name.is_empty() {
                     // Other clients may share the statement: forget the client's name only.
                     client.by_name.remove(name);
@@ -390,13 +488,18 @@ impl Rewriter {
         if let Some(victim) = server.least_recently_used() {
             server.remove(victim);
             self.counts.evicted += 1;
-            self.close_fates.push_back((self.epochs_sent, CloseFate::Swallow));
+            self.close_fates
+                .push_back((self.epochs_sent, CloseFate::Swallow));
             close_message(out, b'S', format!("pgberth_{victim}").as_bytes());
         }
     }
 
     fn expect_parse(&mut self, swallow: bool, adds: Option<u64>) {
-        let fate = ParseFate { epoch: self.epochs_sent, swallow, adds };
+        let fate = ParseFate {
+            epoch: self.epochs_sent,
+            swallow,
+            adds,
+        };
         self.parse_fates.push_back(fate);
     }
 
@@ -424,11 +527,20 @@ impl Rewriter {
                         write += 1;
                     }
                     read += 1;
-                    self.server_at = ServerAt::Length { drop, have: 0, bytes: [0; 4] };
+                    self.server_at = ServerAt::Length {
+                        drop,
+                        have: 0,
+                        bytes: [0; 4],
+                    };
                 }
-                ServerAt::Length { drop, mut have, mut bytes } => {
+                ServerAt::Length {
+                    drop,
+                    mut have,
+                    mut bytes,
+                } => {
                     let take = (4 - have as usize).min(len - read);
-                    bytes[have as usize..have as usize + take].copy_from_slice(&chunk[read..read + take]);
+                    bytes[have as usize..have as usize + take]
+                        .copy_from_slice(&chunk[read..read + take]);
                     if !drop {
                         chunk.copy_within(read..read + take, write);
                         write += take;
@@ -439,7 +551,11 @@ impl Rewriter {
                         ServerAt::Length { drop, have, bytes }
                     } else {
                         let remaining = (u32::from_be_bytes(bytes) as usize).saturating_sub(4);
-                        if remaining == 0 { ServerAt::Start } else { ServerAt::Body { drop, remaining } }
+                        if remaining == 0 {
+                            ServerAt::Start
+                        } else {
+                            ServerAt::Body { drop, remaining }
+                        }
                     };
                 }
                 ServerAt::Body { drop, remaining } => {
@@ -452,7 +568,10 @@ impl Rewriter {
                     self.server_at = if remaining == take {
                         ServerAt::Start
                     } else {
-                        ServerAt::Body { drop, remaining: remaining - take }
+                        ServerAt::Body {
+                            drop,
+                            remaining: remaining - take,
+                        }
                     };
                 }
             }
@@ -509,8 +628,15 @@ enum Keep {
 enum ServerAt {
     #[default]
     Start,
-    Length { drop: bool, have: u8, bytes: [u8; 4] },
-    Body { drop: bool, remaining: usize },
+    Length {
+        drop: bool,
+        have: u8,
+        bytes: [u8; 4],
+    },
+    Body {
+        drop: bool,
+        remaining: usize,
+    },
 }
 
 fn header(buf: &[u8], max_message: usize) -> Result<(u8, usize), FrameError> {
@@ -519,7 +645,10 @@ fn header(buf: &[u8], max_message: usize) -> Result<(u8, usize), FrameError> {
         return Err(FrameError::BadLength(len));
     }
     if len >= max_message {
-        return Err(FrameError::TooLong { len: len + 1, max: max_message });
+        return Err(FrameError::TooLong {
+            len: len + 1,
+            max: max_message,
+        });
     }
     Ok((buf[0], len + 1))
 }

@@ -17,6 +17,7 @@ use crate::buffer::Buffer;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::config::PoolMode;
 use crate::pool::{Pool, ServerConn};
+use crate::prepared::{ClientState, Rewriting};
 use crate::protocol::scan::Scanner;
 use crate::protocol::{ErrorResponse, FrameError, SqlState, TxStatus, backend, frontend};
 use crate::stream::Stream;
@@ -36,6 +37,8 @@ pub struct Session {
     database: Box<str>,
     /// Startup parameters the client asked for, applied to every server connection it gets.
     wanted_params: Box<[(String, String)]>,
+    /// Named prepared statements, in transaction and statement mode (created at first use).
+    statements: Option<Box<ClientState>>,
 }
 
 /// How a stretch of relaying ended.
@@ -81,6 +84,7 @@ impl Session {
             user: user.into(),
             database: database.into(),
             wanted_params: wanted_params.into(),
+            statements: None,
         };
         let mut session = session;
         if let Some(conn) = server {
@@ -226,7 +230,13 @@ impl Session {
             if let Err(e) = woke {
                 return e;
             }
-            let mut pump = Pump::new(self.status, timers.max_packet_size);
+            let max_prepared = self.app.config().general.max_prepared_statements;
+            let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
+            if rewrite && self.statements.is_none() {
+                let registry = self.app.statements.clone();
+                self.statements = Some(Box::new(ClientState::new(registry, max_prepared)));
+            }
+            let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
             if self.server.is_none() {
                 match pump.read_client_now(&mut self.client) {
                     Ok(true) => {}
@@ -254,8 +264,28 @@ impl Session {
             }
             let outcome = {
                 let server = self.server.as_mut().expect("server held");
-                pump.run(&mut self.client, &mut server.stream, self.mode, timers)
+                let mut rewriting = match self.statements.as_deref_mut() {
+                    Some(client) if rewrite => {
+                        client.start_stretch(max_prepared);
+                        Some(Rewriting {
+                            client,
+                            server: &mut server.prepared,
+                        })
+                    }
+                    _ => None,
+                };
+                if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut()) {
+                    outcome
+                } else {
+                    pump.run(
+                        &mut self.client,
+                        &mut server.stream,
+                        self.mode,
+                        timers,
+                        rewriting,
+                    )
                     .await
+                }
             };
             self.status = pump.status;
             match outcome {
@@ -397,6 +427,14 @@ struct Pump {
     soff: u32,
     /// `max_packet_size`: the largest message a client may send after login.
     max_client_message: u32,
+    /// Client bytes were rewritten (prepared statements): send the client state's `stage`
+    /// instead of `cbuf`.
+    staged: bool,
+    /// Prepared statements are tracked in this stretch.
+    rewrite: bool,
+    /// Bytes read from the client before a server connection was checked out, not yet
+    /// processed (rewriting depends on the server connection).
+    unprocessed: u32,
     cscan: Scanner,
     sscan: Scanner,
     /// Query, Sync and FunctionCall messages forwarded whose ReadyForQuery has not come back.
@@ -422,7 +460,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(status: TxStatus, max_client_message: usize) -> Pump {
+    fn new(status: TxStatus, max_client_message: usize, rewrite: bool) -> Pump {
         let now = Instant::now();
         Pump {
             cbuf: Buffer::take(),
@@ -432,6 +470,9 @@ impl Pump {
             slen: 0,
             soff: 0,
             max_client_message: u32::try_from(max_client_message).unwrap_or(u32::MAX),
+            staged: false,
+            rewrite,
+            unprocessed: 0,
             cscan: Scanner::new(),
             sscan: Scanner::new(),
             pending: 0,
@@ -452,8 +493,16 @@ impl Pump {
     fn read_client_now(&mut self, client: &mut Stream) -> Result<bool, Outcome> {
         match client.read_now(&mut self.cbuf) {
             Ok(Some(0)) => Err(Outcome::ClientLeft { clean: true }),
+            Ok(Some(n)) if self.rewrite => {
+                // Processed once a server connection is held; a lone Terminate needs none.
+                if self.cbuf[..n] == [frontend::TERMINATE, 0, 0, 0, 4] {
+                    return Err(Outcome::ClientLeft { clean: true });
+                }
+                self.unprocessed = n as u32;
+                Ok(true)
+            }
             Ok(Some(n)) => {
-                self.client_bytes(n)?;
+                self.client_bytes(n, None)?;
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -461,9 +510,30 @@ impl Pump {
         }
     }
 
-    /// Scans `n` bytes the client sent into `cbuf`, counting what needs an answer and cutting
-    /// off a Terminate.
-    fn client_bytes(&mut self, n: usize) -> Result<(), Outcome> {
+    /// Processes what `read_client_now` read before the server connection was checked out.
+    fn process_first_chunk(&mut self, rw: Option<&mut Rewriting<'_>>) -> Result<(), Outcome> {
+        let n = std::mem::take(&mut self.unprocessed) as usize;
+        if n > 0 {
+            self.client_bytes(n, rw)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes `n` bytes the client sent into `cbuf`: rewrites them into `stage` when prepared
+    /// statements are tracked, then counts what needs an answer and cuts off a Terminate.
+    fn client_bytes(&mut self, n: usize, rw: Option<&mut Rewriting<'_>>) -> Result<(), Outcome> {
+        self.staged = false;
+        let mut stage: &[u8] = &[];
+        if let Some(rw) = rw {
+            rw.client
+                .rewrite_client(&self.cbuf[..n], rw.server, self.max_client_message as usize)
+                .map_err(Outcome::ClientProtocol)?;
+            self.staged = true;
+            stage = &rw.client.stage;
+        }
+        let data: &[u8] = if self.staged { stage } else { &self.cbuf[..n] };
+        let n = data.len();
         let mut cut = None;
         let (pending, unsynced, torn) = (
             &mut self.pending,
@@ -472,41 +542,37 @@ impl Pump {
         );
         let (syncs, copy_in) = (&mut self.syncs_since_execute, &mut self.copy_in);
         self.cscan
-            .feed(
-                &self.cbuf[..n],
-                self.max_client_message as usize,
-                |m| match m.tag {
-                    frontend::QUERY | frontend::FUNCTION_CALL => {
-                        *pending += 1;
-                        *syncs = 0;
+            .feed(data, self.max_client_message as usize, |m| match m.tag {
+                frontend::QUERY | frontend::FUNCTION_CALL => {
+                    *pending += 1;
+                    *syncs = 0;
+                }
+                // PostgreSQL ignores Sync in copy-in mode: no ReadyForQuery will answer it.
+                frontend::SYNC if *copy_in => {}
+                frontend::SYNC => {
+                    *pending += 1;
+                    *syncs = syncs.saturating_add(1);
+                    *unsynced = false;
+                }
+                frontend::COPY_DONE | frontend::COPY_FAIL => *copy_in = false,
+                frontend::EXECUTE => {
+                    *unsynced = true;
+                    *syncs = 0;
+                }
+                frontend::TERMINATE if cut.is_none() => match m.start {
+                    Some(start) => cut = Some(start),
+                    None => {
+                        *torn = true;
+                        cut = Some(0);
                     }
-                    // PostgreSQL ignores Sync in copy-in mode: no ReadyForQuery will answer it.
-                    frontend::SYNC if *copy_in => {}
-                    frontend::SYNC => {
-                        *pending += 1;
-                        *syncs = syncs.saturating_add(1);
-                        *unsynced = false;
-                    }
-                    frontend::COPY_DONE | frontend::COPY_FAIL => *copy_in = false,
-                    frontend::EXECUTE => {
-                        *unsynced = true;
-                        *syncs = 0;
-                    }
-                    frontend::TERMINATE if cut.is_none() => match m.start {
-                        Some(start) => cut = Some(start),
-                        None => {
-                            *torn = true;
-                            cut = Some(0);
-                        }
-                    },
-                    frontend::PARSE
-                    | frontend::BIND
-                    | frontend::DESCRIBE
-                    | frontend::CLOSE
-                    | frontend::FLUSH => *unsynced = true,
-                    _ => {}
                 },
-            )
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::CLOSE
+                | frontend::FLUSH => *unsynced = true,
+                _ => {}
+            })
             .map_err(Outcome::ClientProtocol)?;
         self.coff = 0;
         self.clen = n as u32;
@@ -575,12 +641,13 @@ impl Pump {
         server: &'a mut Stream,
         mode: PoolMode,
         timers: Timers,
+        mut rw: Option<Rewriting<'a>>,
     ) -> impl Future<Output = Outcome> + Send + 'a {
         async move {
             if !timers.enabled() {
-                return poll_fn(|cx| self.poll(cx, client, server, mode, false)).await;
+                return poll_fn(|cx| self.poll(cx, client, server, mode, false, &mut rw)).await;
             }
-            Box::pin(self.run_timed(client, server, mode, timers)).await
+            Box::pin(self.run_timed(client, server, mode, timers, rw)).await
         }
     }
 
@@ -591,10 +658,11 @@ impl Pump {
         server: &mut Stream,
         mode: PoolMode,
         timers: Timers,
+        mut rw: Option<Rewriting<'_>>,
     ) -> Outcome {
         loop {
             let deadline = self.deadline(timers);
-            let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true));
+            let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true, &mut rw));
             match deadline {
                 None => return relay.await,
                 Some((at, _)) => {
@@ -640,6 +708,7 @@ impl Pump {
         server: &mut Stream,
         mode: PoolMode,
         timed: bool,
+        rw: &mut Option<Rewriting<'_>>,
     ) -> Poll<Outcome> {
         loop {
             let mut progress = false;
@@ -652,7 +721,7 @@ impl Pump {
                         if n == 0 {
                             return Poll::Ready(self.client_left());
                         }
-                        if let Err(outcome) = self.client_bytes(n) {
+                        if let Err(outcome) = self.client_bytes(n, rw.as_mut()) {
                             return Poll::Ready(outcome);
                         }
                         if timed {
@@ -667,8 +736,12 @@ impl Pump {
                 }
             }
             if self.coff < self.clen {
+                let src: &[u8] = match rw {
+                    Some(rw) if self.staged => &rw.client.stage,
+                    _ => &self.cbuf,
+                };
                 match Pin::new(&mut *server)
-                    .poll_write(cx, &self.cbuf[self.coff as usize..self.clen as usize])
+                    .poll_write(cx, &src[self.coff as usize..self.clen as usize])
                 {
                     Poll::Ready(Ok(n)) => {
                         self.coff += n as u32;
@@ -712,6 +785,11 @@ impl Pump {
                                 io::ErrorKind::UnexpectedEof.into(),
                             ));
                         }
+                        // Answers to what pgberth injected are taken out, in place.
+                        let n = match rw {
+                            Some(rw) => rw.client.rewriter.server(&mut self.sbuf[..n], rw.server),
+                            None => n,
+                        };
                         if let Err(outcome) = self.server_bytes(n) {
                             return Poll::Ready(outcome);
                         }
@@ -757,7 +835,8 @@ impl Pump {
                 }
             }
             // A server chunk has reached the client: is the transaction (or statement) over?
-            if delivered && self.quiet() {
+            let settled = rw.as_ref().is_none_or(|r| r.client.rewriter.settled());
+            if delivered && settled && self.quiet() {
                 if self.client_done {
                     return Poll::Ready(self.client_left());
                 }

@@ -87,6 +87,9 @@ pub struct General {
     pub tcp_keepalive: bool,
     pub so_reuseport: bool,
     pub server_round_robin: bool,
+    /// Named prepared statements kept per server connection in transaction and statement
+    /// mode (LRU beyond it); 0 turns tracking off.
+    pub max_prepared_statements: usize,
     pub disable_pqexec: bool,
     /// pgberth: how long SIGINT waits for clients to finish; zero = no limit.
     pub shutdown_wait_timeout: Duration,
@@ -160,6 +163,7 @@ impl Default for General {
             tcp_keepalive: true,
             so_reuseport: false,
             server_round_robin: false,
+            max_prepared_statements: 200,
             disable_pqexec: false,
             shutdown_wait_timeout: Duration::ZERO,
             user: None,
@@ -254,6 +258,9 @@ impl General {
             "tcp_keepalive" => self.tcp_keepalive = parse!(parse_bool),
             "so_reuseport" => self.so_reuseport = parse!(parse_bool),
             "server_round_robin" => self.server_round_robin = parse!(parse_bool),
+            "max_prepared_statements" => {
+                self.max_prepared_statements = parse!(|v| parse_uint(v, 1_000_000)) as usize
+            }
             "disable_pqexec" => self.disable_pqexec = parse!(parse_bool),
             "shutdown_wait_timeout" => self.shutdown_wait_timeout = parse!(parse_duration),
             "user" => self.user = non_empty(value),

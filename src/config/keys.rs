@@ -32,7 +32,6 @@ pub const UNSUPPORTED_GENERAL_KEYS: &[&str] = &[
     "job_name",
     "listen_backlog",
     "max_db_client_connections",
-    "max_prepared_statements",
     "max_user_client_connections",
     "peer_id",
     "query_wait_notify",

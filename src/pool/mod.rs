@@ -20,6 +20,7 @@ pub use limit::Limit;
 pub use settings::PoolSettings;
 
 use crate::config::Secret;
+use crate::prepared::ServerStatements;
 use crate::server::{self, ServerConnectError, ServerPassword};
 use crate::stream::Stream;
 
@@ -49,6 +50,8 @@ pub struct ServerConn {
     login_params: Arc<[(String, String)]>,
     /// Parameters pgberth changed with SET since login or the last reset.
     set_params: Vec<(String, String)>,
+    /// Named statements pgberth prepared here for clients in transaction and statement mode.
+    pub prepared: ServerStatements,
     generation: u64,
     slot: Slot,
 }
@@ -129,6 +132,7 @@ impl ServerConn {
     /// After a reset query (DISCARD ALL / RESET ALL) parameters are back to their login values.
     pub fn params_were_reset(&mut self) {
         self.set_params.clear();
+        self.prepared.clear();
     }
 }
 
@@ -590,6 +594,7 @@ impl Pool {
             last_used: now,
             login_params,
             set_params: Vec::new(),
+            prepared: ServerStatements::default(),
             generation,
             slot,
         }))

@@ -63,7 +63,10 @@ fn summary(stream: &[u8]) -> Vec<String> {
             b'P' => format!("P {}", String::from_utf8_lossy(split_cstr(body).unwrap().0)),
             b'B' => {
                 let (_, after_portal) = split_cstr(body).unwrap();
-                format!("B {}", String::from_utf8_lossy(split_cstr(after_portal).unwrap().0))
+                format!(
+                    "B {}",
+                    String::from_utf8_lossy(split_cstr(after_portal).unwrap().0)
+                )
             }
             b'C' | b'D' => format!(
                 "{} {}",
@@ -102,7 +105,15 @@ impl Harness {
         let mut out = Vec::new();
         for c in chunks {
             self.rw
-                .client(c, &self.registry, &mut self.client, &mut self.server, self.max, 1 << 20, &mut out)
+                .client(
+                    c,
+                    &self.registry,
+                    &mut self.client,
+                    &mut self.server,
+                    self.max,
+                    1 << 20,
+                    &mut out,
+                )
                 .unwrap();
         }
         out
@@ -142,9 +153,16 @@ fn parsing_a_statement_the_server_has_is_answered_by_a_renamed_close_complete() 
     // Another client, same text, on the same server connection.
     h.client = ClientStatements::default();
     let out = h.send(&[&cat(&[parse("other", "select 1"), bind("other"), sync()])]);
-    assert_eq!(summary(&out), ["C pgberth_never_prepared", "B pgberth_1", "S"]);
+    assert_eq!(
+        summary(&out),
+        ["C pgberth_never_prepared", "B pgberth_1", "S"]
+    );
     let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'2', &[]), msg(b'Z', b"I")])]);
-    assert_eq!(summary(&back), ["1", "2", "Z"], "CloseComplete stands in for ParseComplete");
+    assert_eq!(
+        summary(&back),
+        ["1", "2", "Z"],
+        "CloseComplete stands in for ParseComplete"
+    );
     assert_eq!(h.rw.counts.reused, 1);
 }
 
@@ -174,7 +192,10 @@ fn a_client_close_forgets_only_its_name_and_gets_close_complete() {
     h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
     let out = h.send(&[&cat(&[close_stmt("s1"), sync()])]);
     assert_eq!(summary(&out), ["C pgberth_never_prepared", "S"]);
-    assert!(h.server.contains(1), "the server keeps it for other clients");
+    assert!(
+        h.server.contains(1),
+        "the server keeps it for other clients"
+    );
     assert!(h.client.is_empty());
     let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'Z', b"I")])]);
     assert_eq!(summary(&back), ["3", "Z"]);
@@ -191,12 +212,24 @@ fn the_least_recently_used_statement_is_closed_when_the_server_is_full() {
     let out = h.send(&[&cat(&[parse("b", "select 2"), sync()])]);
     assert_eq!(summary(&out), ["C pgberth_1", "P pgberth_2", "S"]);
     let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'1', &[]), msg(b'Z', b"I")])]);
-    assert_eq!(summary(&back), ["1", "Z"], "the eviction's CloseComplete is hidden");
+    assert_eq!(
+        summary(&back),
+        ["1", "Z"],
+        "the eviction's CloseComplete is hidden"
+    );
     assert_eq!(h.rw.counts.evicted, 1);
     // "a" is used again: prepared again, evicting "b".
     let out = h.send(&[&cat(&[bind("a"), sync()])]);
-    assert_eq!(summary(&out), ["C pgberth_2", "P pgberth_1", "B pgberth_1", "S"]);
-    let back = h.receive(&[&cat(&[msg(b'3', &[]), msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I")])]);
+    assert_eq!(
+        summary(&out),
+        ["C pgberth_2", "P pgberth_1", "B pgberth_1", "S"]
+    );
+    let back = h.receive(&[&cat(&[
+        msg(b'3', &[]),
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+        msg(b'Z', b"I"),
+    ])]);
     assert_eq!(summary(&back), ["2", "Z"]);
 }
 
@@ -208,7 +241,10 @@ fn an_error_forgets_statements_the_server_skipped() {
     h.server = ServerStatements::default();
     // The injected Parse fails (say the table is gone): the server skips Bind too.
     h.send(&[&cat(&[bind("s1"), sync()])]);
-    let back = h.receive(&[&cat(&[msg(b'E', b"SERROR\0C42P01\0Mno\0\0"), msg(b'Z', b"I")])]);
+    let back = h.receive(&[&cat(&[
+        msg(b'E', b"SERROR\0C42P01\0Mno\0\0"),
+        msg(b'Z', b"I"),
+    ])]);
     assert_eq!(summary(&back), ["E", "Z"]);
     assert!(!h.server.contains(1), "not prepared after all");
     assert!(h.rw.settled());
@@ -217,9 +253,21 @@ fn an_error_forgets_statements_the_server_skipped() {
 #[test]
 fn splitting_either_stream_anywhere_changes_nothing() {
     let mut whole = Harness::new(10);
-    let client_stream = cat(&[parse("s1", "select 1"), bind("s1"), sync(), close_stmt("s1"), sync()]);
+    let client_stream = cat(&[
+        parse("s1", "select 1"),
+        bind("s1"),
+        sync(),
+        close_stmt("s1"),
+        sync(),
+    ]);
     let expected_out = whole.send(&[&client_stream]);
-    let server_stream = cat(&[msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I"), msg(b'3', &[]), msg(b'Z', b"I")]);
+    let server_stream = cat(&[
+        msg(b'1', &[]),
+        msg(b'2', &[]),
+        msg(b'Z', b"I"),
+        msg(b'3', &[]),
+        msg(b'Z', b"I"),
+    ]);
     let expected_back = whole.receive(&[&server_stream]);
     for split in 1..client_stream.len() {
         let mut h = Harness::new(10);
@@ -253,7 +301,13 @@ fn splitting_either_stream_anywhere_changes_nothing() {
 #[test]
 fn unnamed_statements_and_other_messages_pass_unchanged() {
     let mut h = Harness::new(10);
-    let stream = cat(&[parse("", "select 1"), bind(""), msg(b'E', &[0, 0, 0, 0, 0]), sync(), msg(b'Q', b"select 2\0")]);
+    let stream = cat(&[
+        parse("", "select 1"),
+        bind(""),
+        msg(b'E', &[0, 0, 0, 0, 0]),
+        sync(),
+        msg(b'Q', b"select 2\0"),
+    ]);
     let out = h.send(&[&stream]);
     assert_eq!(out, stream);
     assert!(h.client.is_empty());
