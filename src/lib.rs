@@ -18,6 +18,7 @@ pub mod process;
 pub mod protocol;
 pub mod relay;
 pub mod server;
+pub mod sql;
 pub mod stream;
 pub mod tls;
 pub mod tools;
