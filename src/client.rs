@@ -13,7 +13,7 @@ use crate::auth::hba::{HbaConnection, HbaMethod, Transport};
 use crate::auth::{ScramSecret, ScramServer, ScramVerifier, md5_secret, verify_md5_response};
 use crate::cancel::ClientKey;
 use crate::config::{AuthType, Config, Database, PoolMode, Secret, SslMode};
-use crate::pool::{CheckoutError, Pool};
+use crate::pool::{CheckoutError, ParamValue, Pool};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::protocol::{ErrorResponse, MAX_PRE_AUTH_MESSAGE, SqlState, TxStatus, build, frontend};
 use crate::relay::Session;
@@ -346,7 +346,11 @@ async fn greet_params(
         .unwrap_or_else(|| Arc::from(Vec::new()));
     if mode == PoolMode::Session {
         let timeout = pool.settings().server_connect_timeout;
-        conn.apply_params(wanted, timeout).await?;
+        let wanted: Vec<_> = wanted
+            .iter()
+            .map(|(k, v)| (k.clone(), ParamValue::Plain(v.clone())))
+            .collect();
+        conn.apply_params(&wanted, timeout).await?;
         Ok((Some(conn), params))
     } else {
         Pool::checkin(conn);

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::protocol::{FrameError, frontend};
+use crate::sql::Statement as Sql;
 
 /// A statement name PostgreSQL never has: closing it is a no-op answered by CloseComplete.
 const NEVER_PREPARED: &[u8] = b"pgberth_never_prepared";
@@ -166,6 +167,8 @@ pub struct ClientState {
     pub stage: Vec<u8>,
     pub registry: Arc<Registry>,
     pub max_prepared: usize,
+    /// The client's startup parameters: what RESET and RESET ALL go back to.
+    pub startup_params: Vec<(String, crate::pool::ParamValue)>,
 }
 
 impl ClientState {
@@ -176,6 +179,7 @@ impl ClientState {
             stage: Vec::new(),
             registry,
             max_prepared,
+            startup_params: Vec::new(),
         }
     }
 
@@ -266,6 +270,18 @@ pub struct Rewriter {
     close_fates: VecDeque<(u64, CloseFate)>,
     /// Where the server's stream is: at a message start, in its length, or in its body.
     server_at: ServerAt,
+    /// The next body byte is a ReadyForQuery's transaction status.
+    status_next: bool,
+    /// The epoch in which the server last reported an error.
+    error_epoch: Option<u64>,
+    /// SET / RESET the client ran in simple Queries, waiting for their epoch to succeed.
+    pending_changes: Vec<(u64, ParamChange)>,
+    /// Parameter changes that took effect on the server, for the session to take over.
+    pub confirmed_changes: Vec<ParamChange>,
+    /// The client changed server state pgberth does not carry between server connections
+    /// (DISCARD ALL, DEALLOCATE, SQL-level PREPARE, SET inside an extended-protocol statement):
+    /// the connection must be closed rather than reused.
+    pub server_state_unknown: bool,
     pub counts: Counts,
 }
 
@@ -279,6 +295,11 @@ impl Rewriter {
         self.parse_fates.clear();
         self.close_fates.clear();
         self.server_at = ServerAt::Start;
+        self.status_next = false;
+        self.error_epoch = None;
+        self.pending_changes.clear();
+        self.confirmed_changes.clear();
+        self.server_state_unknown = false;
     }
 
     /// Nothing is in flight that needs fixing on the way back.
@@ -330,17 +351,18 @@ impl Rewriter {
             };
             let rewritable = matches!(
                 tag,
-                frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE
+                frontend::PARSE
+                    | frontend::BIND
+                    | frontend::DESCRIBE
+                    | frontend::CLOSE
+                    | frontend::QUERY
             );
             if !rewritable {
                 // Pass through: what was carried, then the rest as it comes.
                 let carried = std::mem::take(&mut self.carry);
                 out.extend_from_slice(&carried);
                 self.pass_remaining = total - carried.len();
-                if matches!(
-                    tag,
-                    frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL
-                ) {
+                if matches!(tag, frontend::SYNC | frontend::FUNCTION_CALL) {
                     self.epochs_sent += 1;
                 }
                 continue;
@@ -378,8 +400,17 @@ impl Rewriter {
     ) -> Result<(), FrameError> {
         let body = &msg[5..];
         match tag {
+            frontend::QUERY => {
+                let (text, _) = split_cstr(body).ok_or(FrameError::Malformed("Query"))?;
+                self.inspect_query(&String::from_utf8_lossy(text), client);
+                self.epochs_sent += 1;
+                out.extend_from_slice(msg);
+            }
             frontend::PARSE => {
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
+                if let Some((text, _)) = split_cstr(after_name) {
+                    self.inspect_parsed(&String::from_utf8_lossy(text), client);
+                }
                 if name.is_empty() {
                     self.expect_parse(false, None);
                     out.extend_from_slice(msg);
@@ -453,6 +484,98 @@ impl Rewriter {
             _ => unreachable!("only rewritable messages get here"),
         }
         Ok(())
+    }
+
+    /// Session state a simple Query changes: SET and RESET are tracked (confirmed when the
+    /// Query's ReadyForQuery shows success outside a transaction); what cannot be carried to
+    /// another server connection marks this one for closing.
+    fn inspect_query(&mut self, query: &str, client: &mut ClientStatements) {
+        if !mentions_session_state(query) {
+            return;
+        }
+        let epoch = self.epochs_sent;
+        for statement in crate::sql::statements(query) {
+            let change = match statement {
+                Sql::Set { name, value, .. } if value.eq_ignore_ascii_case("default") => {
+                    ParamChange::Reset(name)
+                }
+                Sql::Set { name, value, .. } => ParamChange::Set(name, value),
+                Sql::Reset {
+                    name: Some(name), ..
+                } => ParamChange::Reset(name),
+                Sql::Reset { name: None, .. } => ParamChange::ResetAll,
+                Sql::DiscardAll { .. } => {
+                    client.clear();
+                    self.server_state_unknown = true;
+                    ParamChange::ResetAll
+                }
+                Sql::Deallocate { name, .. } => {
+                    match name {
+                        None => client.clear(),
+                        Some(name) => {
+                            client.by_name.remove(name.as_bytes());
+                        }
+                    }
+                    self.server_state_unknown = true;
+                    continue;
+                }
+                Sql::Prepare { .. } => {
+                    self.server_state_unknown = true;
+                    continue;
+                }
+                Sql::Transaction { text } => {
+                    let word = query[text].split_whitespace().next().unwrap_or("");
+                    if word.eq_ignore_ascii_case("rollback") || word.eq_ignore_ascii_case("abort") {
+                        // A rolled-back transaction takes its SETs with it.
+                        self.pending_changes.retain(|(e, _)| *e == epoch);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            self.pending_changes.push((epoch, change));
+        }
+    }
+
+    /// A statement parsed with the extended protocol that changes session state cannot be
+    /// tracked (it runs at Execute, maybe many times): the connection is closed afterwards.
+    fn inspect_parsed(&mut self, query: &str, client: &mut ClientStatements) {
+        if !mentions_session_state(query) {
+            return;
+        }
+        for statement in crate::sql::statements(query) {
+            match statement {
+                Sql::Set { .. }
+                | Sql::Reset { .. }
+                | Sql::Prepare { .. }
+                | Sql::Deallocate { .. } => self.server_state_unknown = true,
+                Sql::DiscardAll { .. } => {
+                    client.clear();
+                    self.server_state_unknown = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A ReadyForQuery closed `epoch` with this transaction status.
+    fn on_ready(&mut self, epoch: u64, status: u8) {
+        if self.error_epoch == Some(epoch) {
+            self.pending_changes.retain(|(e, _)| *e != epoch);
+        }
+        match status {
+            b'I' => {
+                let done = self
+                    .pending_changes
+                    .iter()
+                    .filter(|(e, _)| *e <= epoch)
+                    .count();
+                let changes: Vec<_> = self.pending_changes.drain(..done).map(|(_, c)| c).collect();
+                self.confirmed_changes.extend(changes);
+            }
+            b'E' => self.pending_changes.clear(),
+            _ => {}
+        }
     }
 
     /// The statement a Bind or Describe names, prepared on this server connection first if
@@ -559,6 +682,9 @@ impl Rewriter {
                     };
                 }
                 ServerAt::Body { drop, remaining } => {
+                    if std::mem::take(&mut self.status_next) {
+                        self.on_ready(self.epochs_done - 1, chunk[read]);
+                    }
                     let take = remaining.min(len - read);
                     if !drop {
                         chunk.copy_within(read..read + take, write);
@@ -594,6 +720,7 @@ impl Rewriter {
                 // The server skips to the next Sync: what was sent in this epoch and not yet
                 // answered will never be.
                 let epoch = self.epochs_done;
+                self.error_epoch = Some(epoch);
                 while let Some(fate) = self.parse_fates.front() {
                     if fate.epoch != epoch {
                         break;
@@ -610,11 +737,39 @@ impl Rewriter {
             }
             READY_FOR_QUERY => {
                 self.epochs_done += 1;
+                self.status_next = true;
                 Keep::Forward
             }
             _ => Keep::Forward,
         }
     }
+}
+
+/// A session parameter change a client made with SET or RESET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamChange {
+    /// `SET name TO value`, with the value as SQL text.
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+/// A cheap test before lexing a query: could it change session state?
+fn mentions_session_state(text: &str) -> bool {
+    const WORDS: [&[u8]; 6] = [
+        b"set",
+        b"discard",
+        b"deallocate",
+        b"prepare",
+        b"rollback",
+        b"abort",
+    ];
+    let bytes = text.as_bytes();
+    WORDS.iter().any(|word| {
+        bytes
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    })
 }
 
 enum Keep {

@@ -16,8 +16,8 @@ use crate::app::App;
 use crate::buffer::Buffer;
 use crate::cancel::{CancelTarget, ClientKey};
 use crate::config::PoolMode;
-use crate::pool::{Pool, ServerConn};
-use crate::prepared::{ClientState, Rewriting};
+use crate::pool::{ParamValue, Pool, ServerConn};
+use crate::prepared::{ClientState, ParamChange, Rewriting};
 use crate::protocol::scan::Scanner;
 use crate::protocol::{ErrorResponse, FrameError, SqlState, TxStatus, backend, frontend};
 use crate::stream::Stream;
@@ -36,7 +36,7 @@ pub struct Session {
     user: Box<str>,
     database: Box<str>,
     /// Startup parameters the client asked for, applied to every server connection it gets.
-    wanted_params: Box<[(String, String)]>,
+    wanted_params: Box<[(String, ParamValue)]>,
     /// Named prepared statements, in transaction and statement mode (created at first use).
     statements: Option<Box<ClientState>>,
 }
@@ -83,7 +83,10 @@ impl Session {
             key,
             user: user.into(),
             database: database.into(),
-            wanted_params: wanted_params.into(),
+            wanted_params: wanted_params
+                .iter()
+                .map(|(k, v)| (k.clone(), ParamValue::Plain(v.clone())))
+                .collect(),
             statements: None,
         };
         let mut session = session;
@@ -129,17 +132,22 @@ impl Session {
     /// common case (an idle connection with matching parameters) awaits nothing; the rest is
     /// boxed so that it does not enlarge every client's task.
     async fn checkout(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
-        if let Some(conn) = self.pool.try_checkout_idle()
+        let idle = self.pool.try_checkout_idle();
+        if let Some(conn) = &idle
             && conn.params_match(&self.wanted_params)
         {
-            return Ok(conn);
+            return Ok(idle.expect("just matched"));
         }
-        Box::pin(self.checkout_slow()).await
+        Box::pin(self.checkout_slow(idle)).await
     }
 
-    async fn checkout_slow(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+    /// `checkout` when parameters must be set or the pool has no idle connection at hand.
+    async fn checkout_slow(
+        &self,
+        mut idle: Option<Box<ServerConn>>,
+    ) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
         loop {
-            let mut conn = match self.pool.try_checkout_idle() {
+            let mut conn = match idle.take() {
                 Some(conn) => conn,
                 None => self.pool.checkout().await?,
             };
@@ -157,6 +165,55 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Takes over the SETs and RESETs the client ran on its server connection during the last
+    /// stretch (transaction and statement mode): they become part of what the client's next
+    /// server connections get. True when the connection's state can no longer be carried.
+    fn take_param_changes(&mut self) -> bool {
+        let Some(state) = self.statements.as_deref_mut() else {
+            return false;
+        };
+        let changes = std::mem::take(&mut state.rewriter.confirmed_changes);
+        let unknown = std::mem::take(&mut state.rewriter.server_state_unknown);
+        if changes.is_empty() {
+            return unknown;
+        }
+        let mut wanted = self.wanted_params.to_vec();
+        for change in changes {
+            let (name, value) = match change {
+                ParamChange::Set(name, value) => {
+                    let value = ParamValue::Sql(value);
+                    if let Some(conn) = self.server.as_mut() {
+                        conn.params_changed(&name, Some(&value));
+                    }
+                    (name, Some(value))
+                }
+                ParamChange::Reset(name) => {
+                    if let Some(conn) = self.server.as_mut() {
+                        conn.params_changed(&name, None);
+                    }
+                    let startup = state
+                        .startup_params
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&name));
+                    (name, startup.map(|(_, v)| v.clone()))
+                }
+                ParamChange::ResetAll => {
+                    if let Some(conn) = self.server.as_mut() {
+                        conn.params_all_reset();
+                    }
+                    wanted.clone_from(&state.startup_params);
+                    continue;
+                }
+            };
+            wanted.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+            if let Some(value) = value {
+                wanted.push((name, value));
+            }
+        }
+        self.wanted_params = wanted.into();
+        unknown
     }
 
     /// Relays until the client leaves, then cleans up.
@@ -234,7 +291,10 @@ impl Session {
             let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
             if rewrite && self.statements.is_none() {
                 let registry = self.app.statements.clone();
-                self.statements = Some(Box::new(ClientState::new(registry, max_prepared)));
+                let mut state = ClientState::new(registry, max_prepared);
+                // No SET has run yet: what the client wants now is what it started with.
+                state.startup_params = self.wanted_params.to_vec();
+                self.statements = Some(Box::new(state));
             }
             let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
             if self.server.is_none() {
@@ -288,6 +348,10 @@ impl Session {
                 }
             };
             self.status = pump.status;
+            if self.take_param_changes() {
+                // The client changed what pgberth cannot carry to another server connection.
+                self.discard_server();
+            }
             match outcome {
                 Outcome::Done => {
                     if self.mode != PoolMode::Session

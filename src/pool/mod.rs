@@ -31,6 +31,24 @@ pub struct PoolKey {
     pub user: String,
 }
 
+/// A session parameter value to apply with SET: a client's startup parameter (a plain value,
+/// quoted when sent) or the SQL text of a client's own `SET name TO …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    Plain(String),
+    Sql(String),
+}
+
+impl ParamValue {
+    /// The value as SQL, for `SET name TO <value>`.
+    pub fn sql(&self) -> String {
+        match self {
+            ParamValue::Plain(v) => crate::sql::quote_literal(v),
+            ParamValue::Sql(v) => v.clone(),
+        }
+    }
+}
+
 /// Identifies a server connection in logs and the admin console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ServerId(pub u64);
@@ -48,8 +66,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// ParameterStatus values reported at login.
     login_params: Arc<[(String, String)]>,
-    /// Parameters pgberth changed with SET since login or the last reset.
-    set_params: Vec<(String, String)>,
+    /// Parameters changed with SET since login or the last reset.
+    set_params: Vec<(String, ParamValue)>,
     /// Named statements pgberth prepared here for clients in transaction and statement mode.
     pub prepared: ServerStatements,
     generation: u64,
@@ -82,44 +100,51 @@ impl ServerConn {
         self.generation == generation && !settings.lifetime_over(self) && self.quiet_while_idle()
     }
 
-    /// The current value of a parameter on this connection, as far as pgberth knows.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        let by_name = |(k, _): &&(String, String)| k.eq_ignore_ascii_case(name);
-        self.set_params
-            .iter()
-            .find(by_name)
-            .or_else(|| self.login_params.iter().find(by_name))
-            .map(|(_, v)| v.as_str())
+    /// True when the connection is known to have `name` set to `value`.
+    fn has_param(&self, name: &str, value: &ParamValue) -> bool {
+        let by_name = |k: &str| k.eq_ignore_ascii_case(name);
+        match self.set_params.iter().find(|(k, _)| by_name(k)) {
+            Some((_, current)) => current == value,
+            None => match value {
+                ParamValue::Plain(v) => self.login_params.iter().any(|(k, l)| by_name(k) && l == v),
+                ParamValue::Sql(_) => false,
+            },
+        }
     }
 
     /// True when the connection's parameters already are what `apply_params` would set.
-    pub fn params_match(&self, wanted: &[(String, String)]) -> bool {
+    pub fn params_match(&self, wanted: &[(String, ParamValue)]) -> bool {
         wanted
             .iter()
-            .all(|(name, value)| self.param(name) == Some(value.as_str()))
+            .all(|(name, value)| self.has_param(name, value))
             && self
                 .set_params
                 .iter()
                 .all(|(k, _)| wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(k)))
     }
 
-    /// Makes the connection's parameters match `wanted` (the client's startup parameters;
-    /// any parameter pgberth changed earlier that the client did not ask for goes back to its
-    /// login value), with one round trip and only when something differs.
+    /// Makes the connection's parameters match `wanted` (the client's startup parameters and
+    /// the SETs it made outside transactions; any parameter set for an earlier client that
+    /// this one did not ask for goes back to its login value), with one round trip and only
+    /// when something differs.
     pub async fn apply_params(
         &mut self,
-        wanted: &[(String, String)],
+        wanted: &[(String, ParamValue)],
         timeout: Duration,
     ) -> Result<(), ServerConnectError> {
         let mut sql = String::new();
         for (name, value) in wanted {
-            if self.param(name) != Some(value.as_str()) {
-                sql.push_str(&format!("SET {} TO '{}';", name, value.replace('\'', "''")));
+            if !self.has_param(name, value) {
+                sql.push_str(&format!(
+                    "SET {} TO {};",
+                    crate::sql::quote_ident(name),
+                    value.sql()
+                ));
             }
         }
         let is_wanted = |name: &str| wanted.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         for (name, _) in self.set_params.iter().filter(|(k, _)| !is_wanted(k)) {
-            sql.push_str(&format!("RESET {name};"));
+            sql.push_str(&format!("RESET {};", crate::sql::quote_ident(name)));
         }
         if sql.is_empty() {
             return Ok(());
@@ -127,6 +152,21 @@ impl ServerConn {
         server::run_internal_query(&mut self.stream, &sql, timeout).await?;
         self.set_params = wanted.to_vec();
         Ok(())
+    }
+
+    /// A client changed parameters on this connection itself (a SET or RESET pgberth saw
+    /// succeed): remember the connection's new state.
+    pub fn params_changed(&mut self, name: &str, value: Option<&ParamValue>) {
+        self.set_params
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            self.set_params.push((name.to_owned(), value.clone()));
+        }
+    }
+
+    /// A client ran RESET ALL: parameters are back to their login values.
+    pub fn params_all_reset(&mut self) {
+        self.set_params.clear();
     }
 
     /// After a reset query (DISCARD ALL / RESET ALL) parameters are back to their login values.
