@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod drivers;
 pub mod launcher;
 
 use std::sync::OnceLock;
