@@ -192,6 +192,51 @@ impl ClientState {
         }
     }
 
+    /// A client holding no server connection sent only named Parses and a Sync (how libpq's
+    /// PQprepare, pgbench -M prepared and others prepare): record them and answer here,
+    /// ParseComplete for each and ReadyForQuery, into `stage`. No server connection is taken:
+    /// a statement is parsed on one right before its first use there, and a syntax error shows
+    /// then. This also keeps a client that prepares while others hold every server connection
+    /// in a transaction from waiting on them. `false` (nothing recorded) for anything else.
+    pub fn answer_parses_locally(&mut self, chunk: &[u8]) -> bool {
+        let mut rest = chunk;
+        let mut parses = Vec::new();
+        loop {
+            if rest.len() < 5 {
+                return false;
+            }
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
+            if len < 5 || rest.len() < len {
+                return false;
+            }
+            let (msg, after) = rest.split_at(len);
+            match msg[0] {
+                frontend::PARSE => {
+                    let Some((name, after_name)) = split_cstr(&msg[5..]) else {
+                        return false;
+                    };
+                    let text = split_cstr(after_name).map(|(t, _)| t).unwrap_or_default();
+                    if name.is_empty() || mentions_session_state(&String::from_utf8_lossy(text)) {
+                        return false;
+                    }
+                    parses.push((name, after_name));
+                }
+                frontend::SYNC if after.is_empty() && !parses.is_empty() => break,
+                _ => return false,
+            }
+            rest = after;
+        }
+        self.stage.clear();
+        for (name, after_name) in parses {
+            let stmt = self.registry.intern(after_name);
+            self.statements.by_name.insert(name.into(), stmt);
+            self.stage.extend_from_slice(&[PARSE_COMPLETE, 0, 0, 0, 4]);
+        }
+        self.stage
+            .extend_from_slice(&[READY_FOR_QUERY, 0, 0, 0, 5, b'I']);
+        true
+    }
+
     /// Rewrites a chunk from the client into `stage` (see [`Rewriter::client`]).
     pub fn rewrite_client(
         &mut self,
@@ -526,8 +571,9 @@ impl Rewriter {
                 Sql::Transaction { text } => {
                     let word = query[text].split_whitespace().next().unwrap_or("");
                     if word.eq_ignore_ascii_case("rollback") || word.eq_ignore_ascii_case("abort") {
-                        // A rolled-back transaction takes its SETs with it.
-                        self.pending_changes.retain(|(e, _)| *e == epoch);
+                        // A rolled-back transaction takes its SETs with it, including those
+                        // earlier in this Query (BEGIN makes them part of the block).
+                        self.pending_changes.clear();
                     }
                     continue;
                 }

@@ -308,6 +308,15 @@ impl Session {
                 if pump.client_done && pump.clen == 0 {
                     return None;
                 }
+                if let Some(state) = self.statements.as_deref_mut()
+                    && pump.unprocessed > 0
+                    && state.answer_parses_locally(&pump.cbuf[..pump.unprocessed as usize])
+                {
+                    if self.client.send(&state.stage).await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
                 match self.checkout().await {
                     Ok(conn) => self.hold(conn),
                     Err(e) => {
