@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::protocol::{FrameError, frontend};
+use crate::protocol::{FrameError, build, frontend};
 use crate::sql::Statement as Sql;
 
 /// A statement name PostgreSQL never has: closing it is a no-op answered by CloseComplete.
@@ -468,7 +468,7 @@ impl Rewriter {
                     self.counts.reused += 1;
                     self.close_fates
                         .push_back((self.epochs_sent, CloseFate::AsParseComplete));
-                    close_message(out, b'S', NEVER_PREPARED);
+                    build::close(out, b'S', NEVER_PREPARED);
                 } else {
                     self.make_room(server, max_prepared, out);
                     server.touch(&stmt);
@@ -487,16 +487,11 @@ impl Rewriter {
                     out.extend_from_slice(msg);
                     return Ok(());
                 };
-                let server_name = stmt.server_name();
-                let start = out.len();
-                out.push(frontend::BIND);
-                out.extend_from_slice(&[0; 4]);
-                out.extend_from_slice(portal);
-                out.push(0);
-                out.extend_from_slice(server_name.as_bytes());
-                out.push(0);
+                let start = build::begin(out, frontend::BIND);
+                build::cbytes(out, portal);
+                build::cbytes(out, stmt.server_name().as_bytes());
                 out.extend_from_slice(after_name);
-                patch_len(out, start);
+                build::patch_len(out, start);
             }
             frontend::DESCRIBE => {
                 let (&kind, name_part) = body
@@ -508,7 +503,7 @@ impl Rewriter {
                     return Ok(());
                 }
                 match self.statement_for_use(name, client, server, max_prepared, out) {
-                    Some(stmt) => describe_message(out, &stmt.server_name()),
+                    Some(stmt) => build::describe(out, b'S', stmt.server_name().as_bytes()),
                     None => out.extend_from_slice(msg),
                 }
             }
@@ -521,7 +516,7 @@ impl Rewriter {
                 if kind == b'S' && !name.is_empty() {
                     // Other clients may share the statement: forget the client's name only.
                     client.by_name.remove(name);
-                    close_message(out, b'S', NEVER_PREPARED);
+                    build::close(out, b'S', NEVER_PREPARED);
                 } else {
                     out.extend_from_slice(msg);
                 }
@@ -659,7 +654,7 @@ impl Rewriter {
             self.counts.evicted += 1;
             self.close_fates
                 .push_back((self.epochs_sent, CloseFate::Swallow));
-            close_message(out, b'S', format!("pgberth_{victim}").as_bytes());
+            build::close(out, b'S', format!("pgberth_{victim}").as_bytes());
         }
     }
 
@@ -857,31 +852,6 @@ fn header(buf: &[u8], max_message: usize) -> Result<(u8, usize), FrameError> {
 fn split_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = buf.iter().position(|&b| b == 0)?;
     Some((&buf[..nul], &buf[nul + 1..]))
-}
-
-fn patch_len(out: &mut [u8], start: usize) {
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-fn close_message(out: &mut Vec<u8>, kind: u8, name: &[u8]) {
-    let start = out.len();
-    out.push(frontend::CLOSE);
-    out.extend_from_slice(&[0; 4]);
-    out.push(kind);
-    out.extend_from_slice(name);
-    out.push(0);
-    patch_len(out, start);
-}
-
-fn describe_message(out: &mut Vec<u8>, name: &str) {
-    let start = out.len();
-    out.push(frontend::DESCRIBE);
-    out.extend_from_slice(&[0; 4]);
-    out.push(b'S');
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    patch_len(out, start);
 }
 
 #[cfg(test)]

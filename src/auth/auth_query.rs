@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use crate::app::App;
 use crate::config::{Config, Database, Secret};
 use crate::pool::{CheckoutError, Pool};
-use crate::protocol::build::patch_len;
+use crate::protocol::build::{begin, cstr, patch_len};
 use crate::protocol::error::{ServerError, parse_error_fields};
 use crate::protocol::{ErrorResponse, SqlState, TxStatus, backend};
 use crate::stream::{ReadError, Stream, read_message};
@@ -277,18 +277,6 @@ fn encode_lookup(out: &mut Vec<u8>, sql: &str, user: &str) {
     patch_len(out, start);
 
     out.extend_from_slice(&[b'S', 0, 0, 0, 4]);
-}
-
-fn begin(out: &mut Vec<u8>, tag: u8) -> usize {
-    let start = out.len();
-    out.push(tag);
-    out.extend_from_slice(&[0; 4]);
-    start
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
 }
 
 #[cfg(test)]

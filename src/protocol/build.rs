@@ -11,16 +11,39 @@ pub(crate) fn patch_len(out: &mut [u8], start: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-fn begin(out: &mut Vec<u8>, tag: u8) -> usize {
+/// Starts a tagged message: the tag and a length to patch with [`patch_len`].
+pub(crate) fn begin(out: &mut Vec<u8>, tag: u8) -> usize {
     let start = out.len();
     out.push(tag);
     out.extend_from_slice(&[0; 4]);
     start
 }
 
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
+/// Appends a NUL-terminated string.
+pub(crate) fn cstr(out: &mut Vec<u8>, s: &str) {
+    cbytes(out, s.as_bytes());
+}
+
+/// Appends NUL-terminated bytes (names taken from a client's message).
+pub(crate) fn cbytes(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(s);
     out.push(0);
+}
+
+/// A Close (`kind` `S` statement or `P` portal).
+pub fn close(out: &mut Vec<u8>, kind: u8, name: &[u8]) {
+    let start = begin(out, b'C');
+    out.push(kind);
+    cbytes(out, name);
+    patch_len(out, start);
+}
+
+/// A Describe (`kind` `S` statement or `P` portal).
+pub fn describe(out: &mut Vec<u8>, kind: u8, name: &[u8]) {
+    let start = begin(out, b'D');
+    out.push(kind);
+    cbytes(out, name);
+    patch_len(out, start);
 }
 
 /// `AuthenticationOk` and the other `R` messages, by code.
