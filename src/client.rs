@@ -225,9 +225,7 @@ async fn login(
     let dbname = params.database().unwrap_or_default().to_owned();
     for (key, _) in &params.params {
         let allowed = matches!(key.as_str(), "user" | "database")
-            || TRACKED_PARAMETERS
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(key))
+            || tracked_name(config, key).is_some()
             || config
                 .general
                 .ignore_startup_parameters
@@ -300,18 +298,28 @@ async fn login(
     ))
 }
 
+/// The name pgberth tracks a startup parameter under (PgBouncer's list plus
+/// `track_extra_parameters`), if it tracks it.
+fn tracked_name<'a>(config: &'a Config, key: &str) -> Option<&'a str> {
+    let extra = config
+        .general
+        .track_extra_parameters
+        .iter()
+        .map(String::as_str);
+    TRACKED_PARAMETERS
+        .iter()
+        .copied()
+        .chain(extra)
+        .find(|p| p.eq_ignore_ascii_case(key))
+}
+
 /// The startup parameters a client set that pgberth carries to its server connections, with
 /// the client's address added to application_name when `application_name_add_host` is on.
 fn wanted_params(config: &Config, params: &StartupParams, peer: &str) -> Vec<(String, String)> {
     let mut wanted: Vec<(String, String)> = params
         .params
         .iter()
-        .filter_map(|(k, v)| {
-            let name = TRACKED_PARAMETERS
-                .iter()
-                .find(|p| p.eq_ignore_ascii_case(k))?;
-            Some(((*name).to_owned(), v.clone()))
-        })
+        .filter_map(|(k, v)| Some((tracked_name(config, k)?.to_owned(), v.clone())))
         .collect();
     if config.general.application_name_add_host {
         match wanted.iter_mut().find(|(k, _)| k == "application_name") {

@@ -392,6 +392,27 @@ async fn startup_parameter_in_ignore_startup_parameters_is_accepted() {
     assert_eq!(raw_query(&mut stream, "SELECT 3").as_deref(), Some("3"));
 }
 
+#[tokio::test]
+async fn startup_parameter_in_track_extra_parameters_is_carried_to_the_server() {
+    let pgberth = Pgberth::start(
+        &ini("trust", "track_extra_parameters = search_path"),
+        USERLIST,
+    );
+    let mut stream = raw_connect(&pgberth);
+    stream
+        .write_all(&startup_packet(&[
+            ("user", TRUST_USER),
+            ("database", "app"),
+            ("search_path", "pg_catalog"),
+        ]))
+        .unwrap();
+    read_until_ready(&mut stream);
+    assert_eq!(
+        raw_query(&mut stream, "SHOW search_path").as_deref(),
+        Some("pg_catalog")
+    );
+}
+
 // --- server side ------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -51,7 +51,6 @@ pub const UNSUPPORTED_GENERAL_KEYS: &[&str] = &[
     "tcp_keepintvl",
     "tcp_socket_buffer",
     "tcp_user_timeout",
-    "track_extra_parameters",
     "transaction_timeout",
     "unix_socket_group",
     "verbose",
