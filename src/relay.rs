@@ -167,6 +167,17 @@ impl Session {
         }
     }
 
+    /// Creates the client's statement state at its first transaction in a mode that tracks
+    /// statements and parameters.
+    fn ensure_client_state(&mut self, max_prepared: usize) {
+        if self.statements.is_none() {
+            let mut state = ClientState::new(self.app.statements.clone(), max_prepared);
+            // No SET has run yet: what the client wants now is what it started with.
+            state.startup_params = self.wanted_params.to_vec();
+            self.statements = Some(Box::new(state));
+        }
+    }
+
     /// Takes over the SETs and RESETs the client ran on its server connection during the last
     /// stretch (transaction and statement mode): they become part of what the client's next
     /// server connections get. True when the connection's state can no longer be carried.
@@ -289,13 +300,6 @@ impl Session {
             }
             let max_prepared = self.app.config().general.max_prepared_statements;
             let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
-            if rewrite && self.statements.is_none() {
-                let registry = self.app.statements.clone();
-                let mut state = ClientState::new(registry, max_prepared);
-                // No SET has run yet: what the client wants now is what it started with.
-                state.startup_params = self.wanted_params.to_vec();
-                self.statements = Some(Box::new(state));
-            }
             let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
             if self.server.is_none() {
                 match pump.read_client_now(&mut self.client) {
@@ -307,6 +311,10 @@ impl Session {
                 }
                 if pump.client_done && pump.clen == 0 {
                     return None;
+                }
+                // Only now, with bytes to process: a wake-up without data costs nothing.
+                if rewrite {
+                    self.ensure_client_state(max_prepared);
                 }
                 if let Some(state) = self.statements.as_deref_mut()
                     && pump.unprocessed > 0
