@@ -35,6 +35,7 @@ const PARSE_COMPLETE: u8 = b'1';
 const CLOSE_COMPLETE: u8 = b'3';
 const ERROR_RESPONSE: u8 = b'E';
 const READY_FOR_QUERY: u8 = b'Z';
+const COMMAND_COMPLETE: u8 = b'C';
 
 /// One distinct statement (query text and parameter types) known to pgberth.
 #[derive(Debug)]
@@ -42,6 +43,9 @@ pub struct Statement {
     pub id: u64,
     /// The complete Parse message that prepares it under its server-side name.
     parse: Box<[u8]>,
+    /// For a statement prepared with SQL `PREPARE`: what follows the name (`[(types)] AS
+    /// query`), to prepare it again with `PREPARE pgberth_<id><rest>`.
+    sql_rest: Option<Box<str>>,
 }
 
 impl Statement {
@@ -82,8 +86,30 @@ impl Registry {
         let stmt = Arc::new(Statement {
             id,
             parse: parse.into(),
+            sql_rest: None,
         });
         map.insert(body_after_name.into(), Arc::downgrade(&stmt));
+        stmt
+    }
+}
+
+impl Registry {
+    /// The statement for a SQL `PREPARE name <rest>`, shared by every client that prepares the
+    /// same text that way.
+    pub fn intern_sql(&self, rest: &str) -> Arc<Statement> {
+        let mut key = b"\0SQL ".to_vec();
+        key.extend_from_slice(rest.as_bytes());
+        let mut map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stmt) = map.get(key.as_slice()).and_then(Weak::upgrade) {
+            return stmt;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let stmt = Arc::new(Statement {
+            id,
+            parse: Box::new([]),
+            sql_rest: Some(rest.into()),
+        });
+        map.insert(key.into(), Arc::downgrade(&stmt));
         stmt
     }
 }
@@ -323,6 +349,18 @@ pub struct Rewriter {
     pending_changes: Vec<(u64, ParamChange)>,
     /// Parameter changes that took effect on the server, for the session to take over.
     pub confirmed_changes: Vec<ParamChange>,
+    /// CommandCompletes to remove, by epoch: the answers to statements pgberth put into a
+    /// client's Query (a PREPARE before an EXECUTE, a DEALLOCATE before a PREPARE).
+    cc_drops: VecDeque<(u64, Vec<u32>)>,
+    /// CommandCompletes seen in the current epoch.
+    cc_seen: u32,
+    /// Epochs pgberth opened itself (a Parse and Sync before a Query): their ReadyForQuery is
+    /// removed.
+    hidden_epochs: VecDeque<u64>,
+    /// ReadyForQuery messages removed since the relay last asked (it counts what it sent).
+    hidden_ready_dropped: u32,
+    /// Epochs with a DEALLOCATE ALL: should it fail, what the server has is unknown.
+    deallocate_all_epochs: Vec<u64>,
     /// The client changed server state pgberth does not carry between server connections
     /// (DISCARD ALL, DEALLOCATE, SQL-level PREPARE, SET inside an extended-protocol statement):
     /// the connection must be closed rather than reused.
@@ -345,6 +383,17 @@ impl Rewriter {
         self.pending_changes.clear();
         self.confirmed_changes.clear();
         self.server_state_unknown = false;
+        self.cc_drops.clear();
+        self.cc_seen = 0;
+        self.hidden_epochs.clear();
+        self.hidden_ready_dropped = 0;
+        self.deallocate_all_epochs.clear();
+    }
+
+    /// ReadyForQuery messages pgberth removed since the last call: the relay counted the Syncs
+    /// that asked for them.
+    pub fn take_hidden_ready(&mut self) -> u32 {
+        std::mem::take(&mut self.hidden_ready_dropped)
     }
 
     /// Nothing is in flight that needs fixing on the way back.
@@ -447,9 +496,16 @@ impl Rewriter {
         match tag {
             frontend::QUERY => {
                 let (text, _) = split_cstr(body).ok_or(FrameError::Malformed("Query"))?;
-                self.inspect_query(&String::from_utf8_lossy(text), client);
+                let text = String::from_utf8_lossy(text);
+                match self.query(&text, registry, client, server, max_prepared, out) {
+                    Some(rewritten) => {
+                        let start = build::begin(out, frontend::QUERY);
+                        build::cstr(out, &rewritten);
+                        build::patch_len(out, start);
+                    }
+                    None => out.extend_from_slice(msg),
+                }
                 self.epochs_sent += 1;
-                out.extend_from_slice(msg);
             }
             frontend::PARSE => {
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
@@ -526,42 +582,96 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Session state a simple Query changes: SET and RESET are tracked (confirmed when the
-    /// Query's ReadyForQuery shows success outside a transaction); what cannot be carried to
-    /// another server connection marks this one for closing.
-    fn inspect_query(&mut self, query: &str, client: &mut ClientStatements) {
+    /// Looks at a simple Query for session state: SET and RESET are tracked (confirmed when the
+    /// Query's ReadyForQuery shows success outside a transaction); SQL PREPARE, EXECUTE and
+    /// DEALLOCATE get the shared server-side names, with the statement prepared first where
+    /// the server connection lacks it; what cannot be carried to another server connection
+    /// marks this one for closing. Returns the rewritten text, if it changed; messages to send
+    /// before the Query go to `out`.
+    fn query(
+        &mut self,
+        query: &str,
+        registry: &Registry,
+        client: &mut ClientStatements,
+        server: &mut ServerStatements,
+        max_prepared: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<String> {
         if !mentions_session_state(query) {
-            return;
+            return None;
         }
-        let epoch = self.epochs_sent;
+        let mut edit = QueryEdit::default();
+        let mut changes = Vec::new();
+        let mut deallocate_all = false;
         for statement in crate::sql::statements(query) {
-            let change = match statement {
+            let range = statement.text();
+            match statement {
                 Sql::Set { name, value, .. } if value.eq_ignore_ascii_case("default") => {
-                    ParamChange::Reset(name)
+                    changes.push(ParamChange::Reset(name))
                 }
-                Sql::Set { name, value, .. } => ParamChange::Set(name, value),
+                Sql::Set { name, value, .. } => changes.push(ParamChange::Set(name, value)),
                 Sql::Reset {
                     name: Some(name), ..
-                } => ParamChange::Reset(name),
-                Sql::Reset { name: None, .. } => ParamChange::ResetAll,
+                } => changes.push(ParamChange::Reset(name)),
+                Sql::Reset { name: None, .. } => changes.push(ParamChange::ResetAll),
                 Sql::DiscardAll { .. } => {
                     client.clear();
                     self.server_state_unknown = true;
-                    ParamChange::ResetAll
+                    changes.push(ParamChange::ResetAll);
                 }
-                Sql::Deallocate { name, .. } => {
-                    match name {
-                        None => client.clear(),
-                        Some(name) => {
-                            client.by_name.remove(name.as_bytes());
-                        }
+                Sql::Deallocate { name: None, .. } => {
+                    client.clear();
+                    server.clear();
+                    deallocate_all = true;
+                }
+                Sql::Prepare {
+                    name, name_range, ..
+                } => {
+                    let rest = &query[name_range.end..range.end];
+                    let stmt = registry.intern_sql(rest);
+                    client.by_name.insert(name.as_bytes().into(), stmt.clone());
+                    let server_name = stmt.server_name();
+                    if server.contains(stmt.id) {
+                        // Another client prepared the same text here: recreate it, quietly.
+                        let text = format!("DEALLOCATE {server_name}; PREPARE {server_name}{rest}");
+                        edit.replace(query, range, &text, 1);
+                        self.counts.reused += 1;
+                    } else {
+                        self.make_room(server, max_prepared, out);
+                        edit.replace(query, range, &format!("PREPARE {server_name}{rest}"), 0);
+                        self.counts.prepared += 1;
                     }
-                    self.server_state_unknown = true;
-                    continue;
+                    server.touch(&stmt);
                 }
-                Sql::Prepare { .. } => {
-                    self.server_state_unknown = true;
-                    continue;
+                Sql::Execute {
+                    name, name_range, ..
+                } => {
+                    if let Some(stmt) = client.by_name.get(name.as_bytes()).cloned() {
+                        let args = &query[name_range.end..range.end];
+                        let call = format!("EXECUTE {}{args}", stmt.server_name());
+                        match self.ensure_for_query(&stmt, server, max_prepared, out) {
+                            Some(prepare) => {
+                                edit.replace(query, range, &format!("{prepare}; {call}"), 1)
+                            }
+                            None => edit.replace(query, range, &call, 0),
+                        }
+                        server.touch(&stmt);
+                    }
+                }
+                Sql::Deallocate {
+                    name: Some(name), ..
+                } => {
+                    if let Some(stmt) = client.by_name.remove(name.as_bytes()) {
+                        let dealloc = format!("DEALLOCATE {}", stmt.server_name());
+                        match self.ensure_for_query(&stmt, server, max_prepared, out) {
+                            Some(prepare) => {
+                                edit.replace(query, range, &format!("{prepare}; {dealloc}"), 1)
+                            }
+                            None => edit.replace(query, range, &dealloc, 0),
+                        }
+                        // Gone from this server connection, for every client sharing it.
+                        server.remove(stmt.id);
+                    }
                 }
                 Sql::Transaction { text } => {
                     let word = query[text].split_whitespace().next().unwrap_or("");
@@ -569,12 +679,54 @@ impl Rewriter {
                         // A rolled-back transaction takes its SETs with it, including those
                         // earlier in this Query (BEGIN makes them part of the block).
                         self.pending_changes.clear();
+                        changes.clear();
                     }
-                    continue;
                 }
-                _ => continue,
-            };
-            self.pending_changes.push((epoch, change));
+                Sql::Other { .. } => {}
+            }
+            edit.index += 1;
+        }
+        // Injected Parse/Sync pairs opened epochs of their own before this Query's.
+        let epoch = self.epochs_sent;
+        self.pending_changes
+            .extend(changes.into_iter().map(|c| (epoch, c)));
+        if deallocate_all {
+            self.deallocate_all_epochs.push(epoch);
+        }
+        if !edit.drops.is_empty() {
+            self.cc_drops
+                .push_back((epoch, std::mem::take(&mut edit.drops)));
+        }
+        edit.finish(query)
+    }
+
+    /// Makes sure the server connection has `stmt` before a Query uses it. A SQL-prepared
+    /// statement is prepared inside the Query: the `PREPARE` text to put before the use comes
+    /// back. A protocol-prepared one is parsed with a Parse and a Sync of pgberth's own, sent
+    /// before the Query, whose answers the client never sees.
+    fn ensure_for_query(
+        &mut self,
+        stmt: &Arc<Statement>,
+        server: &mut ServerStatements,
+        max_prepared: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<String> {
+        if server.contains(stmt.id) {
+            return None;
+        }
+        self.make_room(server, max_prepared, out);
+        self.counts.prepared += 1;
+        server.touch(stmt);
+        match &stmt.sql_rest {
+            Some(rest) => Some(format!("PREPARE {}{rest}", stmt.server_name())),
+            None => {
+                self.expect_parse(true, Some(stmt.id));
+                out.extend_from_slice(&stmt.parse);
+                out.extend_from_slice(&[frontend::SYNC, 0, 0, 0, 4]);
+                self.hidden_epochs.push_back(self.epochs_sent);
+                self.epochs_sent += 1;
+                None
+            }
         }
     }
 
@@ -634,6 +786,10 @@ impl Rewriter {
             return None;
         }
         let stmt = client.by_name.get(name)?.clone();
+        if !server.contains(stmt.id) && stmt.sql_rest.is_some() {
+            // Prepared with SQL PREPARE and not here: PostgreSQL will say it does not exist.
+            return None;
+        }
         if !server.contains(stmt.id) {
             self.make_room(server, max_prepared, out);
             self.counts.prepared += 1;
@@ -762,6 +918,9 @@ impl Rewriter {
                 // answered will never be.
                 let epoch = self.epochs_done;
                 self.error_epoch = Some(epoch);
+                if self.deallocate_all_epochs.contains(&epoch) {
+                    self.server_state_unknown = true;
+                }
                 while let Some(fate) = self.parse_fates.front() {
                     if fate.epoch != epoch {
                         break;
@@ -777,12 +936,65 @@ impl Rewriter {
                 Keep::Forward
             }
             READY_FOR_QUERY => {
+                let epoch = self.epochs_done;
                 self.epochs_done += 1;
+                self.cc_seen = 0;
+                if self.cc_drops.front().is_some_and(|(e, _)| *e == epoch) {
+                    self.cc_drops.pop_front();
+                }
+                if self.hidden_epochs.front() == Some(&epoch) {
+                    self.hidden_epochs.pop_front();
+                    self.hidden_ready_dropped += 1;
+                    return Keep::Drop;
+                }
                 self.status_next = true;
                 Keep::Forward
             }
+            COMMAND_COMPLETE => {
+                let index = self.cc_seen;
+                self.cc_seen += 1;
+                match self.cc_drops.front() {
+                    Some((e, drops)) if *e == self.epochs_done && drops.contains(&index) => {
+                        Keep::Drop
+                    }
+                    _ => Keep::Forward,
+                }
+            }
             _ => Keep::Forward,
         }
+    }
+}
+
+/// A Query's text being rewritten statement by statement, and the CommandCompletes of the
+/// statements pgberth adds, which the client must not see.
+#[derive(Debug, Default)]
+struct QueryEdit {
+    text: String,
+    copied: usize,
+    changed: bool,
+    /// Index of the CommandComplete the current statement will produce.
+    index: u32,
+    drops: Vec<u32>,
+}
+
+impl QueryEdit {
+    /// Replaces the statement at `range` by `text`, whose first `added` statements are
+    /// pgberth's own.
+    fn replace(&mut self, query: &str, range: std::ops::Range<usize>, text: &str, added: u32) {
+        self.text.push_str(&query[self.copied..range.start]);
+        self.text.push_str(text);
+        self.copied = range.end;
+        self.changed = true;
+        self.drops.extend(self.index..self.index + added);
+        self.index += added;
+    }
+
+    fn finish(mut self, query: &str) -> Option<String> {
+        if !self.changed {
+            return None;
+        }
+        self.text.push_str(&query[self.copied..]);
+        Some(self.text)
     }
 }
 
@@ -797,11 +1009,12 @@ pub enum ParamChange {
 
 /// A cheap test before lexing a query: could it change session state?
 fn mentions_session_state(text: &str) -> bool {
-    const WORDS: [&[u8]; 6] = [
+    const WORDS: [&[u8]; 7] = [
         b"set",
         b"discard",
         b"deallocate",
         b"prepare",
+        b"execute",
         b"rollback",
         b"abort",
     ];

@@ -868,7 +868,14 @@ impl Pump {
                         }
                         // Answers to what pgberth injected are taken out, in place.
                         let n = match rw {
-                            Some(rw) => rw.client.rewriter.server(&mut self.sbuf[..n], rw.server),
+                            Some(rw) => {
+                                let n = rw.client.rewriter.server(&mut self.sbuf[..n], rw.server);
+                                // The Syncs pgberth added were counted when sent; their
+                                // ReadyForQuery never reaches the client.
+                                let hidden = rw.client.rewriter.take_hidden_ready();
+                                self.pending = self.pending.saturating_sub(hidden);
+                                n
+                            }
                             None => n,
                         };
                         if let Err(outcome) = self.server_bytes(n) {

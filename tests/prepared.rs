@@ -460,7 +460,6 @@ async fn discard_all_removes_the_clients_own_statements_and_settings_only() {
 // SQL-level PREPARE / EXECUTE / DEALLOCATE.
 
 #[tokio::test]
-#[ignore = "not implemented yet: SQL-level PREPARE/EXECUTE/DEALLOCATE are not carried across server connections in transaction mode"]
 async fn sql_prepare_execute_deallocate_work_across_transactions_with_other_clients_churning() {
     let pgberth = start(&transaction_mode(2));
     let a = connect(&pgberth).await;
@@ -831,4 +830,34 @@ fn pgbench_prepared_tpcb_through_transaction_pool_of_3_has_no_failures() {
 #[test]
 fn pgbench_prepared_select_only_through_statement_pool_of_3_has_no_failures() {
     pgbench_prepared("bench_prep_stmt_select", "statement", &["-S"]);
+}
+
+/// Rails prepares with the protocol and deallocates with SQL: `DEALLOCATE <name>` must
+/// succeed whichever server connection the client has then, and leave other clients alone.
+#[tokio::test]
+async fn sql_deallocate_of_a_protocol_prepared_statement_succeeds_on_any_server_connection() {
+    let pgberth = start(&transaction_mode(2));
+    let port = pgberth.port();
+    let mut a = RawClient::connect(port, SCRAM_USER, SCRAM_PASS, "app").await;
+    let mut b = RawClient::connect(port, SCRAM_USER, SCRAM_PASS, "app").await;
+    let text = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap();
+    within("deallocate across server connections", async {
+        b.prepare("shared", "SELECT $1::int4 * 3").await.unwrap();
+        for round in 0..6 {
+            a.prepare("a1", "SELECT $1::int4 * 3").await.unwrap();
+            assert_eq!(a.run("a1", &["2"]).await.map(text), Ok("6".to_owned()));
+            // Another client's transaction in between moves a between server connections.
+            assert_eq!(b.run("shared", &["1"]).await.map(text), Ok("3".to_owned()));
+            let reply = a.query("DEALLOCATE a1").round_trip().await;
+            assert_eq!(reply.error, None, "round {round}");
+            let gone = a.run("a1", &["2"]).await.unwrap_err();
+            assert_eq!(gone.code, "26000", "round {round}: {gone}");
+            assert_eq!(
+                b.run("shared", &["7"]).await.map(text),
+                Ok("21".to_owned()),
+                "round {round}: b's statement survives"
+            );
+        }
+    })
+    .await;
 }

@@ -322,3 +322,74 @@ fn identical_text_shares_one_statement() {
     assert_eq!(a.id, b.id);
     assert_ne!(a.id, c.id);
 }
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    msg(b'Q', &body)
+}
+
+fn query_text(stream: &[u8]) -> String {
+    let q = stream.windows(1).position(|w| w[0] == b'Q').unwrap();
+    let len = u32::from_be_bytes(stream[q + 1..q + 5].try_into().unwrap()) as usize;
+    String::from_utf8_lossy(&stream[q + 5..q + len])
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+#[test]
+fn sql_prepare_gets_the_shared_name() {
+    let mut h = Harness::new(10);
+    let out = h.send(&[&query("PREPARE p (int) AS SELECT $1")]);
+    assert_eq!(query_text(&out), "PREPARE pgberth_1 (int) AS SELECT $1");
+    assert!(h.server.contains(1));
+}
+
+#[test]
+fn sql_execute_on_a_server_without_the_statement_prepares_it_first_and_hides_that() {
+    let mut h = Harness::new(10);
+    h.send(&[&query("PREPARE p AS SELECT 1")]);
+    h.receive(&[&cat(&[msg(b'C', b"PREPARE\0"), msg(b'Z', b"I")])]);
+    h.server = ServerStatements::default();
+    let out = h.send(&[&query("SELECT 0; EXECUTE p")]);
+    assert_eq!(
+        query_text(&out),
+        "SELECT 0; PREPARE pgberth_1 AS SELECT 1; EXECUTE pgberth_1"
+    );
+    let back = h.receive(&[&cat(&[
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'C', b"PREPARE\0"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"I"),
+    ])]);
+    assert_eq!(
+        tags(&back),
+        ["C", "C", "Z"],
+        "the injected PREPARE's CommandComplete is hidden"
+    );
+}
+
+#[test]
+fn sql_deallocate_of_a_protocol_statement_the_server_lacks_parses_it_first_with_a_hidden_sync() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("a1", "select 1"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    h.server = ServerStatements::default();
+    let out = h.send(&[&query("DEALLOCATE a1")]);
+    assert_eq!(summary(&out), ["P pgberth_1", "S", "Q"]);
+    assert_eq!(query_text(&out), "DEALLOCATE pgberth_1");
+    let back = h.receive(&[&cat(&[
+        msg(b'1', &[]),
+        msg(b'Z', b"I"),
+        msg(b'C', b"DEALLOCATE\0"),
+        msg(b'Z', b"I"),
+    ])]);
+    assert_eq!(tags(&back), ["C", "Z"]);
+    assert_eq!(
+        h.rw.take_hidden_ready(),
+        1,
+        "the relay is told its Sync was answered"
+    );
+    assert!(!h.server.contains(1));
+    assert!(h.client.is_empty());
+}
