@@ -242,7 +242,10 @@ impl ClientState {
                         return false;
                     };
                     let text = split_cstr(after_name).map(|(t, _)| t).unwrap_or_default();
-                    if name.is_empty() || mentions_session_state(&String::from_utf8_lossy(text)) {
+                    if name.is_empty()
+                        || self.statements.by_name.contains_key(name)
+                        || mentions_session_state(&String::from_utf8_lossy(text))
+                    {
                         return false;
                     }
                     parses.push((name, after_name));
@@ -516,6 +519,25 @@ impl Rewriter {
                     self.expect_parse(false, None);
                     out.extend_from_slice(msg);
                     return Ok(());
+                }
+                if let Some(existing) = client.by_name.get(name).cloned() {
+                    // The name is in use: PostgreSQL refuses with 42P05 and skips to the next
+                    // Sync. Have it do exactly that, by parsing under the existing statement's
+                    // server-side name where it exists.
+                    if !server.contains(existing.id) && existing.sql_rest.is_none() {
+                        self.make_room(server, max_prepared, out);
+                        self.expect_parse(true, Some(existing.id));
+                        out.extend_from_slice(&existing.parse);
+                        server.touch(&existing);
+                    }
+                    if server.contains(existing.id) {
+                        self.expect_parse(false, None);
+                        let start = build::begin(out, frontend::PARSE);
+                        build::cbytes(out, existing.server_name().as_bytes());
+                        out.extend_from_slice(after_name);
+                        build::patch_len(out, start);
+                        return Ok(());
+                    }
                 }
                 let stmt = registry.intern(after_name);
                 client.by_name.insert(name.into(), stmt.clone());

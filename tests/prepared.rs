@@ -383,7 +383,6 @@ async fn closed_statement_name_can_be_prepared_again_with_other_text() {
 }
 
 #[tokio::test]
-#[ignore = "not implemented yet: a second Parse of a name in use replaces the statement instead of failing with 42P05"]
 async fn preparing_a_name_in_use_is_refused_with_42p05_for_that_client_only() {
     let pgberth = start(&transaction_mode(1));
     let mut a = RawClient::connect(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app").await;
