@@ -141,6 +141,9 @@ impl ClientStatements {
 pub struct ServerStatements {
     last_use: HashMap<u64, (u64, Arc<Statement>)>,
     tick: u64,
+    /// Statements whose plan went stale ("cached plan must not change result type"): closed
+    /// before they are parsed again here.
+    stale: Vec<u64>,
 }
 
 impl ServerStatements {
@@ -172,6 +175,7 @@ impl ServerStatements {
     /// The server forgot everything (DISCARD ALL, DEALLOCATE ALL, a reset query).
     pub fn clear(&mut self) {
         self.last_use.clear();
+        self.stale.clear();
     }
 
     fn least_recently_used(&self) -> Option<u64> {
@@ -364,6 +368,10 @@ pub struct Rewriter {
     hidden_ready_dropped: u32,
     /// Epochs with a DEALLOCATE ALL: should it fail, what the server has is unknown.
     deallocate_all_epochs: Vec<u64>,
+    /// Statements used since the last ReadyForQuery, to re-prepare should one's plan go stale.
+    used_in_epoch: Vec<u64>,
+    /// The body of an ErrorResponse being received (its start, enough to read its code).
+    error_text: Option<Vec<u8>>,
     /// The client changed server state pgberth does not carry between server connections
     /// (DISCARD ALL, DEALLOCATE, SQL-level PREPARE, SET inside an extended-protocol statement):
     /// the connection must be closed rather than reused.
@@ -391,6 +399,8 @@ impl Rewriter {
         self.hidden_epochs.clear();
         self.hidden_ready_dropped = 0;
         self.deallocate_all_epochs.clear();
+        self.used_in_epoch.clear();
+        self.error_text = None;
     }
 
     /// ReadyForQuery messages pgberth removed since the last call: the relay counted the Syncs
@@ -527,7 +537,7 @@ impl Rewriter {
                     if !server.contains(existing.id) && existing.sql_rest.is_none() {
                         self.make_room(server, max_prepared, out);
                         self.expect_parse(true, Some(existing.id));
-                        out.extend_from_slice(&existing.parse);
+                        self.parse_on_server(&existing, server, out);
                         server.touch(&existing);
                     }
                     if server.contains(existing.id) {
@@ -552,7 +562,7 @@ impl Rewriter {
                     server.touch(&stmt);
                     self.counts.prepared += 1;
                     self.expect_parse(false, Some(stmt.id));
-                    out.extend_from_slice(&stmt.parse);
+                    self.parse_on_server(&stmt, server, out);
                 }
             }
             frontend::BIND => {
@@ -733,6 +743,7 @@ impl Rewriter {
         max_prepared: usize,
         out: &mut Vec<u8>,
     ) -> Option<String> {
+        self.used_in_epoch.push(stmt.id);
         if server.contains(stmt.id) {
             return None;
         }
@@ -743,7 +754,7 @@ impl Rewriter {
             Some(rest) => Some(format!("PREPARE {}{rest}", stmt.server_name())),
             None => {
                 self.expect_parse(true, Some(stmt.id));
-                out.extend_from_slice(&stmt.parse);
+                self.parse_on_server(&stmt, server, out);
                 out.extend_from_slice(&[frontend::SYNC, 0, 0, 0, 4]);
                 self.hidden_epochs.push_back(self.epochs_sent);
                 self.epochs_sent += 1;
@@ -808,6 +819,7 @@ impl Rewriter {
             return None;
         }
         let stmt = client.by_name.get(name)?.clone();
+        self.used_in_epoch.push(stmt.id);
         if !server.contains(stmt.id) && stmt.sql_rest.is_some() {
             // Prepared with SQL PREPARE and not here: PostgreSQL will say it does not exist.
             return None;
@@ -816,10 +828,28 @@ impl Rewriter {
             self.make_room(server, max_prepared, out);
             self.counts.prepared += 1;
             self.expect_parse(true, Some(stmt.id));
-            out.extend_from_slice(&stmt.parse);
+            self.parse_on_server(&stmt, server, out);
         }
         server.touch(&stmt);
         Some(stmt)
+    }
+
+    /// Appends the Parse that prepares `stmt` on the server connection, closing it first if
+    /// its plan went stale there.
+    fn parse_on_server(
+        &mut self,
+        stmt: &Statement,
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) {
+        if let Some(at) = server.stale.iter().position(|id| *id == stmt.id) {
+            server.stale.swap_remove(at);
+            self.close_fates
+                .push_back((self.epochs_sent, CloseFate::Swallow));
+            build::close(out, b'S', stmt.server_name().as_bytes());
+        }
+        self.used_in_epoch.push(stmt.id);
+        out.extend_from_slice(&stmt.parse);
     }
 
     /// Closes the least recently used statement when the server connection is full.
@@ -905,6 +935,16 @@ impl Rewriter {
                         self.on_ready(self.epochs_done - 1, chunk[read]);
                     }
                     let take = remaining.min(len - read);
+                    if let Some(text) = self.error_text.as_mut() {
+                        let room = 512usize.saturating_sub(text.len()).min(take);
+                        text.extend_from_slice(&chunk[read..read + room]);
+                        if remaining == take {
+                            let text = self.error_text.take().unwrap_or_default();
+                            if is_stale_plan_error(&text) {
+                                self.plan_went_stale(server);
+                            }
+                        }
+                    }
                     if !drop {
                         chunk.copy_within(read..read + take, write);
                         write += take;
@@ -924,6 +964,19 @@ impl Rewriter {
         write
     }
 
+    /// "cached plan must not change result type": the schema changed under statements used
+    /// in this epoch. They are closed and parsed again at their next use on this server
+    /// connection, so the client's next attempt works (with PostgreSQL alone, or PgBouncer,
+    /// it keeps failing until the connection is dropped).
+    fn plan_went_stale(&mut self, server: &mut ServerStatements) {
+        for id in std::mem::take(&mut self.used_in_epoch) {
+            if server.contains(id) {
+                server.remove(id);
+                server.stale.push(id);
+            }
+        }
+    }
+
     fn on_server_message(&mut self, tag: u8, server: &mut ServerStatements) -> Keep {
         match tag {
             PARSE_COMPLETE => match self.parse_fates.pop_front() {
@@ -940,6 +993,7 @@ impl Rewriter {
                 // answered will never be.
                 let epoch = self.epochs_done;
                 self.error_epoch = Some(epoch);
+                self.error_text = Some(Vec::new());
                 if self.deallocate_all_epochs.contains(&epoch) {
                     self.server_state_unknown = true;
                 }
@@ -961,6 +1015,7 @@ impl Rewriter {
                 let epoch = self.epochs_done;
                 self.epochs_done += 1;
                 self.cc_seen = 0;
+                self.used_in_epoch.clear();
                 if self.cc_drops.front().is_some_and(|(e, _)| *e == epoch) {
                     self.cc_drops.pop_front();
                 }
@@ -1027,6 +1082,12 @@ pub enum ParamChange {
     Set(String, String),
     Reset(String),
     ResetAll,
+}
+
+/// An ErrorResponse body saying a prepared statement's result type changed (SQLSTATE 0A000).
+fn is_stale_plan_error(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    has(b"C0A000\0") && has(b"cached plan must not change result type")
 }
 
 /// A cheap test before lexing a query: could it change session state?

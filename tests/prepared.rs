@@ -860,3 +860,32 @@ async fn sql_deallocate_of_a_protocol_prepared_statement_succeeds_on_any_server_
     })
     .await;
 }
+
+/// After a schema change, PostgreSQL refuses a prepared statement whose result type changed
+/// ("cached plan must not change result type", 0A000). pgberth re-prepares it on that server
+/// connection, so only the first attempt fails; with PostgreSQL alone, or PgBouncer, it keeps
+/// failing until the connection is dropped.
+#[tokio::test]
+async fn a_statement_whose_result_type_changed_works_again_after_one_error() {
+    cluster()
+        .psql("app", "DROP TABLE IF EXISTS stale_plan; CREATE TABLE stale_plan (a int); INSERT INTO stale_plan VALUES (1); GRANT ALL ON stale_plan TO scram_user")
+        .expect("create the table");
+    let pgberth = start(&transaction_mode(1));
+    let mut a = RawClient::connect(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app").await;
+    within("stale plan", async {
+        a.prepare("st", "SELECT * FROM stale_plan").await.unwrap();
+        let rows = a.run("st", &[]).await.unwrap();
+        assert_eq!(rows, [[Some("1".to_owned())]]);
+        cluster()
+            .psql("app", "ALTER TABLE stale_plan ADD COLUMN b int DEFAULT 2")
+            .expect("alter the table");
+        let err = a.run("st", &[]).await.unwrap_err();
+        assert_eq!(err.code, "0A000", "{err}");
+        let rows = a
+            .run("st", &[])
+            .await
+            .unwrap_or_else(|e| panic!("second attempt: {e}"));
+        assert_eq!(rows, [[Some("1".to_owned()), Some("2".to_owned())]]);
+    })
+    .await;
+}
