@@ -754,7 +754,7 @@ impl Rewriter {
             Some(rest) => Some(format!("PREPARE {}{rest}", stmt.server_name())),
             None => {
                 self.expect_parse(true, Some(stmt.id));
-                self.parse_on_server(&stmt, server, out);
+                self.parse_on_server(stmt, server, out);
                 out.extend_from_slice(&[frontend::SYNC, 0, 0, 0, 4]);
                 self.hidden_epochs.push_back(self.epochs_sent);
                 self.epochs_sent += 1;
