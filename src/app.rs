@@ -40,6 +40,8 @@ pub struct App {
     pub cancel: CancelMap,
     /// Named prepared statements of all clients, by text (transaction and statement mode).
     pub statements: Arc<crate::prepared::Registry>,
+    /// Prepared statements parsed on servers, reused and evicted, over all clients.
+    pub statement_totals: crate::prepared::Totals,
     /// Secrets found by `auth_query`, kept for a short while.
     pub auth_cache: SecretCache,
     state: watch::Sender<RunState>,
@@ -71,6 +73,7 @@ impl App {
             clients: AtomicUsize::new(0),
             cancel: CancelMap::default(),
             statements: Arc::default(),
+            statement_totals: Default::default(),
             auth_cache: SecretCache::default(),
             state: watch::channel(RunState::Running).0,
         })

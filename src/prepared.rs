@@ -301,6 +301,32 @@ pub struct Rewriting<'a> {
     pub server: &'a mut ServerStatements,
 }
 
+/// Process-wide prepared-statement counters (for SHOW STATS and metrics).
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub prepared: AtomicU64,
+    pub reused: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+impl Totals {
+    /// Adds one client's counts since the last call and resets them.
+    pub fn absorb(&self, counts: &mut Counts) {
+        let c = std::mem::take(counts);
+        self.prepared.fetch_add(c.prepared, Ordering::Relaxed);
+        self.reused.fetch_add(c.reused, Ordering::Relaxed);
+        self.evicted.fetch_add(c.evicted, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            prepared: self.prepared.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Counters for statistics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {

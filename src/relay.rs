@@ -185,6 +185,7 @@ impl Session {
         let Some(state) = self.statements.as_deref_mut() else {
             return false;
         };
+        self.app.statement_totals.absorb(&mut state.rewriter.counts);
         let changes = std::mem::take(&mut state.rewriter.confirmed_changes);
         let unknown = std::mem::take(&mut state.rewriter.server_state_unknown);
         if changes.is_empty() {

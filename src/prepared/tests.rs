@@ -393,3 +393,29 @@ fn sql_deallocate_of_a_protocol_statement_the_server_lacks_parses_it_first_with_
     assert!(!h.server.contains(1));
     assert!(h.client.is_empty());
 }
+
+#[test]
+fn totals_add_up_clients_counts_and_reset_them() {
+    let totals = Totals::default();
+    let mut a = Counts {
+        prepared: 2,
+        reused: 1,
+        evicted: 0,
+    };
+    let mut b = Counts {
+        prepared: 1,
+        reused: 0,
+        evicted: 3,
+    };
+    totals.absorb(&mut a);
+    totals.absorb(&mut b);
+    assert_eq!(
+        totals.snapshot(),
+        Counts {
+            prepared: 3,
+            reused: 1,
+            evicted: 3
+        }
+    );
+    assert_eq!(a, Counts::default());
+}
