@@ -110,17 +110,30 @@ pub async fn open(target: &ServerTarget, timeout: Duration) -> Result<Stream, Se
             Ok(Stream::Tcp(s))
         }
     };
-    let result = if timeout.is_zero() {
-        connect.await
-    } else {
-        tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| ServerConnectError::Timeout {
-                addr: addr.clone(),
-                after: timeout,
-            })?
+    let connect = async {
+        connect.await.map_err(|source| ServerConnectError::Connect {
+            addr: addr.clone(),
+            source,
+        })
     };
-    result.map_err(|source| ServerConnectError::Connect { addr, source })
+    bounded(timeout, &addr, connect).await
+}
+
+/// Runs `work` within `timeout` (zero: without a limit); running out is a timeout at `addr`.
+async fn bounded<T>(
+    timeout: Duration,
+    addr: &str,
+    work: impl Future<Output = Result<T, ServerConnectError>>,
+) -> Result<T, ServerConnectError> {
+    if timeout.is_zero() {
+        return work.await;
+    }
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ServerConnectError::Timeout {
+            addr: addr.to_owned(),
+            after: timeout,
+        })?
 }
 
 /// How to use TLS towards the server (`server_tls_sslmode` and its rustls config).
@@ -220,29 +233,15 @@ async fn connect_once(
 ) -> Result<LoggedIn, ServerConnectError> {
     let mut stream = open(target, timeout).await?;
     if use_tls {
-        let negotiate = negotiate_tls(stream, target, tls);
-        stream = if timeout.is_zero() {
-            negotiate.await?
-        } else {
-            tokio::time::timeout(timeout, negotiate)
-                .await
-                .map_err(|_| ServerConnectError::Timeout {
-                    addr: target.describe(),
-                    after: timeout,
-                })??
-        };
+        stream = bounded(
+            timeout,
+            &target.describe(),
+            negotiate_tls(stream, target, tls),
+        )
+        .await?;
     }
     let login = login(&mut stream, target, password);
-    let (backend_pid, backend_secret, params) = if timeout.is_zero() {
-        login.await?
-    } else {
-        tokio::time::timeout(timeout, login)
-            .await
-            .map_err(|_| ServerConnectError::Timeout {
-                addr: target.describe(),
-                after: timeout,
-            })??
-    };
+    let (backend_pid, backend_secret, params) = bounded(timeout, &target.describe(), login).await?;
     Ok(LoggedIn {
         stream,
         backend_pid,
@@ -414,16 +413,7 @@ pub async fn run_internal_query(
             }
         }
     };
-    if timeout.is_zero() {
-        work.await
-    } else {
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| ServerConnectError::Timeout {
-                addr: "server".into(),
-                after: timeout,
-            })?
-    }
+    bounded(timeout, "server", work).await
 }
 
 /// Sends a CancelRequest for a backend over a fresh connection.
