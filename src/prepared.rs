@@ -270,6 +270,26 @@ impl ClientState {
         true
     }
 
+    /// After a hidden stale-plan error: the client's exchange rewritten again (its statements
+    /// are parsed anew first) into `stage`, for the relay to send to the server. `false` when
+    /// there is nothing to send.
+    pub fn take_replay(&mut self, server: &mut ServerStatements, max_message: usize) -> bool {
+        let Some(input) = self.rewriter.take_replay_input() else {
+            return false;
+        };
+        self.stage.clear();
+        let rewritten = self.rewriter.client(
+            &input,
+            &self.registry,
+            &mut self.statements,
+            server,
+            self.max_prepared,
+            max_message,
+            &mut self.stage,
+        );
+        rewritten.is_ok() && !self.stage.is_empty()
+    }
+
     /// Rewrites a chunk from the client into `stage` (see [`Rewriter::client`]).
     pub fn rewrite_client(
         &mut self,
@@ -289,6 +309,9 @@ impl ClientState {
         )
     }
 }
+
+/// Most client input kept to repeat an exchange after a stale plan.
+const RETRY_INPUT_MAX: usize = 64 * 1024;
 
 /// The staging buffer keeps at most this much capacity between transactions.
 const STAGE_KEEP: usize = 16 * 1024;
@@ -398,6 +421,19 @@ pub struct Rewriter {
     used_in_epoch: Vec<u64>,
     /// The body of an ErrorResponse being received (its start, enough to read its code).
     error_text: Option<Vec<u8>>,
+    /// What the client sent since every epoch was last answered, kept (up to
+    /// `RETRY_INPUT_MAX`) to send again should a statement's plan go stale.
+    epoch_input: Vec<u8>,
+    epoch_input_overflow: bool,
+    /// Transaction status at the last ReadyForQuery (a stretch starts between transactions).
+    last_status: u8,
+    /// A stale-plan error was hidden: the failed attempt's ReadyForQuery is to be removed and
+    /// `epoch_input` sent again.
+    retrying: bool,
+    /// The client input to send again, once the failed attempt's ReadyForQuery came.
+    replay: Option<Vec<u8>>,
+    /// The exchange now in flight is a repetition: it is not repeated again.
+    repeated: bool,
     /// The client changed server state pgberth does not carry between server connections
     /// (DISCARD ALL, DEALLOCATE, SQL-level PREPARE, SET inside an extended-protocol statement):
     /// the connection must be closed rather than reused.
@@ -427,6 +463,17 @@ impl Rewriter {
         self.deallocate_all_epochs.clear();
         self.used_in_epoch.clear();
         self.error_text = None;
+        self.epoch_input.clear();
+        self.epoch_input_overflow = false;
+        self.last_status = b'I';
+        self.retrying = false;
+        self.replay = None;
+        self.repeated = false;
+    }
+
+    /// A stale-plan retry is under way: no new client bytes may go to the server before it.
+    pub fn retrying(&self) -> bool {
+        self.retrying || self.replay.is_some()
     }
 
     /// ReadyForQuery messages pgberth removed since the last call: the relay counted the Syncs
@@ -442,6 +489,8 @@ impl Rewriter {
             && self.parse_fates.is_empty()
             && self.close_fates.is_empty()
             && matches!(self.server_at, ServerAt::Start)
+            && !self.retrying
+            && self.replay.is_none()
     }
 
     /// Rewrites a chunk the client sent into the bytes to send to the server (`out`).
@@ -456,6 +505,14 @@ impl Rewriter {
         max_message: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), FrameError> {
+        if !self.epoch_input_overflow {
+            if self.epoch_input.len() + chunk.len() <= RETRY_INPUT_MAX {
+                self.epoch_input.extend_from_slice(chunk);
+            } else {
+                self.epoch_input_overflow = true;
+                self.epoch_input.clear();
+            }
+        }
         let mut rest = chunk;
         while !rest.is_empty() {
             if self.pass_remaining > 0 {
@@ -812,6 +869,7 @@ impl Rewriter {
 
     /// A ReadyForQuery closed `epoch` with this transaction status.
     fn on_ready(&mut self, epoch: u64, status: u8) {
+        self.last_status = status;
         if self.error_epoch == Some(epoch) {
             self.pending_changes.retain(|(e, _)| *e != epoch);
         }
@@ -912,6 +970,13 @@ impl Rewriter {
             match self.server_at {
                 ServerAt::Start => {
                     let tag = chunk[read];
+                    if tag == ERROR_RESPONSE
+                        && let Some(total) = self.stale_plan_to_retry(&chunk[read..], server)
+                    {
+                        // Hidden: the statement is parsed again and the exchange repeated.
+                        read += total;
+                        continue;
+                    }
                     let drop = match self.on_server_message(tag, server) {
                         Keep::Forward => false,
                         Keep::Rewrite(new) => {
@@ -1003,6 +1068,41 @@ impl Rewriter {
         }
     }
 
+    /// An ErrorResponse starting `rest` that reports a stale plan, when the exchange can simply
+    /// be repeated: outside a transaction, nothing sent after it, all of it kept, not tried
+    /// already, and the whole error in this chunk. Then the error is counted as the server
+    /// sees it, the statements re-prepared, and its length returned for the caller to drop it.
+    fn stale_plan_to_retry(&mut self, rest: &[u8], server: &mut ServerStatements) -> Option<usize> {
+        let epoch = self.epochs_done;
+        let eligible = self.last_status == b'I'
+            && self.epochs_sent == epoch + 1
+            && self.carry.is_empty()
+            && self.pass_remaining == 0
+            && !self.epoch_input_overflow
+            && !self.epoch_input.is_empty()
+            && !self.repeated;
+        if !eligible || rest.len() < 5 {
+            return None;
+        }
+        let total = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
+        if rest.len() < total || !is_stale_plan_error(&rest[5..total]) {
+            return None;
+        }
+        let _ = self.on_server_message(ERROR_RESPONSE, server);
+        self.error_text = None;
+        self.plan_went_stale(server);
+        self.retrying = true;
+        Some(total)
+    }
+
+    /// The client input to send again after a hidden stale-plan error, once its failed
+    /// attempt is over (see [`ClientState::take_replay`]).
+    fn take_replay_input(&mut self) -> Option<Vec<u8>> {
+        let input = self.replay.take()?;
+        self.repeated = true;
+        Some(input)
+    }
+
     fn on_server_message(&mut self, tag: u8, server: &mut ServerStatements) -> Keep {
         match tag {
             PARSE_COMPLETE => match self.parse_fates.pop_front() {
@@ -1049,6 +1149,18 @@ impl Rewriter {
                     self.hidden_epochs.pop_front();
                     self.hidden_ready_dropped += 1;
                     return Keep::Drop;
+                }
+                if std::mem::take(&mut self.retrying) {
+                    // The failed attempt is over: what the client sent goes again. It was
+                    // counted once by the relay and is answered once.
+                    self.replay = Some(std::mem::take(&mut self.epoch_input));
+                    self.error_epoch = None;
+                    return Keep::Drop;
+                }
+                if self.epochs_done == self.epochs_sent {
+                    self.epoch_input.clear();
+                    self.epoch_input_overflow = false;
+                    self.repeated = false;
                 }
                 self.status_next = true;
                 Keep::Forward

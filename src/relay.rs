@@ -795,7 +795,8 @@ impl Pump {
         loop {
             let mut progress = false;
             // Client → server.
-            if self.coff == self.clen && !self.server_unflushed && !self.client_done {
+            let retrying = rw.as_ref().is_some_and(|r| r.client.rewriter.retrying());
+            if self.coff == self.clen && !self.server_unflushed && !self.client_done && !retrying {
                 let mut rb = ReadBuf::new(&mut self.cbuf);
                 match Pin::new(&mut *client).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
@@ -875,6 +876,17 @@ impl Pump {
                                 // ReadyForQuery never reaches the client.
                                 let hidden = rw.client.rewriter.take_hidden_ready();
                                 self.pending = self.pending.saturating_sub(hidden);
+                                // A hidden stale-plan error: the exchange goes to the server
+                                // again, with its statements parsed anew.
+                                if self.coff == self.clen
+                                    && rw
+                                        .client
+                                        .take_replay(rw.server, self.max_client_message as usize)
+                                {
+                                    self.staged = true;
+                                    self.coff = 0;
+                                    self.clen = rw.client.stage.len() as u32;
+                                }
                                 n
                             }
                             None => n,

@@ -862,30 +862,56 @@ async fn sql_deallocate_of_a_protocol_prepared_statement_succeeds_on_any_server_
 }
 
 /// After a schema change, PostgreSQL refuses a prepared statement whose result type changed
-/// ("cached plan must not change result type", 0A000). pgberth re-prepares it on that server
-/// connection, so only the first attempt fails; with PostgreSQL alone, or PgBouncer, it keeps
+/// ("cached plan must not change result type", 0A000). Outside a transaction pgberth parses
+/// the statement again on that server connection and repeats the exchange, so the client
+/// never sees the error; inside a transaction (not safe to repeat) the client gets it once,
+/// and the statement works again afterwards. With PostgreSQL alone, or PgBouncer, it keeps
 /// failing until the connection is dropped.
 #[tokio::test]
-async fn a_statement_whose_result_type_changed_works_again_after_one_error() {
+async fn a_statement_whose_result_type_changed_is_prepared_again_transparently() {
     cluster()
-        .psql("app", "DROP TABLE IF EXISTS stale_plan; CREATE TABLE stale_plan (a int); INSERT INTO stale_plan VALUES (1); GRANT ALL ON stale_plan TO scram_user")
+        .psql(
+            "app",
+            "DROP TABLE IF EXISTS stale_plan; CREATE TABLE stale_plan (a int); \
+             INSERT INTO stale_plan VALUES (1); GRANT ALL ON stale_plan TO scram_user",
+        )
         .expect("create the table");
     let pgberth = start(&transaction_mode(1));
     let mut a = RawClient::connect(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app").await;
+    let alter = |sql: &str| cluster().psql("app", sql).expect("alter the table");
     within("stale plan", async {
         a.prepare("st", "SELECT * FROM stale_plan").await.unwrap();
-        let rows = a.run("st", &[]).await.unwrap();
-        assert_eq!(rows, [[Some("1".to_owned())]]);
-        cluster()
-            .psql("app", "ALTER TABLE stale_plan ADD COLUMN b int DEFAULT 2")
-            .expect("alter the table");
-        let err = a.run("st", &[]).await.unwrap_err();
-        assert_eq!(err.code, "0A000", "{err}");
+        assert_eq!(a.run("st", &[]).await.unwrap(), [[Some("1".to_owned())]]);
+
+        alter("ALTER TABLE stale_plan ADD COLUMN b int DEFAULT 2");
         let rows = a
             .run("st", &[])
             .await
-            .unwrap_or_else(|e| panic!("second attempt: {e}"));
+            .unwrap_or_else(|e| panic!("outside a transaction: {e}"));
         assert_eq!(rows, [[Some("1".to_owned()), Some("2".to_owned())]]);
+
+        alter("ALTER TABLE stale_plan ADD COLUMN c int DEFAULT 3");
+        let begin = a.query("BEGIN").round_trip().await;
+        assert_eq!(begin.error, None);
+        let err = a.run("st", &[]).await.unwrap_err();
+        assert_eq!(
+            err.code, "0A000",
+            "inside a transaction the error is the client's: {err}"
+        );
+        let rollback = a.query("ROLLBACK").round_trip().await;
+        assert_eq!(rollback.error, None);
+        let rows = a
+            .run("st", &[])
+            .await
+            .unwrap_or_else(|e| panic!("after the rollback: {e}"));
+        assert_eq!(
+            rows,
+            [[
+                Some("1".to_owned()),
+                Some("2".to_owned()),
+                Some("3".to_owned())
+            ]]
+        );
     })
     .await;
 }

@@ -419,3 +419,40 @@ fn totals_add_up_clients_counts_and_reset_them() {
     );
     assert_eq!(a, Counts::default());
 }
+
+#[test]
+fn a_stale_plan_error_outside_a_transaction_is_hidden_and_the_exchange_kept_for_replay() {
+    let mut h = Harness::new(10);
+    h.send(&[&cat(&[parse("s1", "select * from t"), sync()])]);
+    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let exchange = cat(&[bind("s1"), msg(b'E', &[0, 0, 0, 0, 0]), sync()]);
+    h.send(&[&exchange]);
+    let stale = msg(
+        b'E',
+        b"SERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    );
+    let back = h.receive(&[&cat(&[stale.clone(), msg(b'Z', b"I")])]);
+    assert!(
+        back.is_empty(),
+        "neither the error nor its ReadyForQuery reach the client"
+    );
+    assert_eq!(h.rw.take_replay_input(), Some(exchange.clone()));
+    assert!(
+        !h.server.contains(1),
+        "to be parsed again (after a Close) at its next use"
+    );
+    // Sent again, it starts with closing and parsing the statement anew.
+    let out = h.send(&[&exchange]);
+    assert_eq!(
+        summary(&out),
+        ["C pgberth_1", "P pgberth_1", "B pgberth_1", "E", "S"]
+    );
+    // A second stale error in a row is the client's to see.
+    let back = h.receive(&[&cat(&[
+        msg(b'3', &[]),
+        msg(b'1', &[]),
+        stale.clone(),
+        msg(b'Z', b"I"),
+    ])]);
+    assert_eq!(tags(&back), ["E", "Z"]);
+}
