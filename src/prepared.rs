@@ -335,6 +335,9 @@ pub struct Totals {
 impl Totals {
     /// Adds one client's counts since the last call and resets them.
     pub fn absorb(&self, counts: &mut Counts) {
+        if *counts == Counts::default() {
+            return; // the common case: no shared cache line touched
+        }
         let c = std::mem::take(counts);
         self.prepared.fetch_add(c.prepared, Ordering::Relaxed);
         self.reused.fetch_add(c.reused, Ordering::Relaxed);
@@ -505,7 +508,8 @@ impl Rewriter {
         max_message: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), FrameError> {
-        if !self.epoch_input_overflow {
+        // Kept only for clients with named statements: nothing else can go stale.
+        if !self.epoch_input_overflow && !client.is_empty() {
             if self.epoch_input.len() + chunk.len() <= RETRY_INPUT_MAX {
                 self.epoch_input.extend_from_slice(chunk);
             } else {
@@ -1228,7 +1232,8 @@ fn is_stale_plan_error(body: &[u8]) -> bool {
     has(b"C0A000\0") && has(b"cached plan must not change result type")
 }
 
-/// A cheap test before lexing a query: could it change session state?
+/// A cheap test before lexing a query: could it change session state? One pass over the
+/// text, comparing words only where their first letter appears.
 fn mentions_session_state(text: &str) -> bool {
     const WORDS: [&[u8]; 7] = [
         b"set",
@@ -1240,10 +1245,15 @@ fn mentions_session_state(text: &str) -> bool {
         b"abort",
     ];
     let bytes = text.as_bytes();
-    WORDS.iter().any(|word| {
-        bytes
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
+    bytes.iter().enumerate().any(|(i, b)| {
+        let first = b.to_ascii_lowercase();
+        matches!(first, b's' | b'd' | b'p' | b'e' | b'r' | b'a')
+            && WORDS.iter().any(|word| {
+                word[0] == first
+                    && bytes
+                        .get(i..i + word.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            })
     })
 }
 
