@@ -60,16 +60,26 @@ pub fn serve(
     slot: ClientSlot,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut session = Box::pin(login_with_timeout(app, stream, admitted)).await;
-        if let Some(session) = session.as_mut() {
-            session.run().await;
+        let mut admitted = Box::pin(login_with_timeout(app, stream, admitted)).await;
+        match admitted.as_mut() {
+            Some(Admitted::Session(session)) => session.run().await,
+            // The console is rare: boxed, so that it does not enlarge every client's task.
+            Some(Admitted::Console(console)) => Box::pin(console.run()).await,
+            None => {}
         }
         drop(slot);
     }
 }
 
+/// What a logged-in client gets: a session relaying to its pool, or the admin console.
+#[derive(Debug)]
+pub enum Admitted {
+    Session(Session),
+    Console(Box<crate::admin::Console>),
+}
+
 /// Logs a client in within `client_login_timeout`; failures are reported and logged here.
-async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Option<Session> {
+async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Option<Admitted> {
     let peer = stream.peer();
     let config = app.config();
     let timeout = config.general.client_login_timeout;
@@ -82,7 +92,7 @@ async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Op
             .unwrap_or(Err(LoginError::Timeout))
     };
     match result {
-        Ok(session) => return Some(session),
+        Ok(admitted) => return Some(admitted),
         Err(LoginError::Cancel) => {}
         Err(LoginError::Reported(e)) if config.general.log_pooler_errors => {
             tracing::warn!(peer = %peer, "login refused: {} ({})", e.message, e.code.as_str());
@@ -180,7 +190,7 @@ async fn login(
     stream: Stream,
     admitted: bool,
     peer: &str,
-) -> Result<Session, LoginError> {
+) -> Result<Admitted, LoginError> {
     let (mut stream, params) = read_startup(app, stream).await?;
     let fatal = |code, msg: String| ErrorResponse::fatal(code, msg);
     // client_tls_sslmode = require and stricter: TCP clients must have switched to TLS (unix
@@ -238,6 +248,9 @@ async fn login(
             return Err(send_fatal(&mut stream, fatal(SqlState::PROTOCOL_VIOLATION, msg)).await);
         }
     }
+    if crate::config::ADMIN_DATABASES.contains(&dbname.as_str()) {
+        return admin_login(app, config, stream, &user, &dbname, peer).await;
+    }
     let Some(db) = config.database(&dbname) else {
         return Err(send_fatal(
             &mut stream,
@@ -285,7 +298,7 @@ async fn login(
         app.cancel.unregister(key);
         return Err(e.into());
     }
-    Ok(Session::new(
+    Ok(Admitted::Session(Session::new(
         app.clone(),
         stream,
         pool,
@@ -295,7 +308,7 @@ async fn login(
         user,
         dbname,
         wanted,
-    ))
+    )))
 }
 
 /// The name pgberth tracks a startup parameter under (PgBouncer's list plus
@@ -311,6 +324,68 @@ fn tracked_name<'a>(config: &'a Config, key: &str) -> Option<&'a str> {
         .copied()
         .chain(extra)
         .find(|p| p.eq_ignore_ascii_case(key))
+}
+
+/// Logs a client in to the admin console (database `pgbouncer` or `pgberth`): `admin_users`
+/// may run every command, `stats_users` only SHOW; anybody else is refused with 28000. As in
+/// PgBouncer, user `pgbouncer` connecting over the unix socket as the OS user pgberth runs as
+/// needs no password. The console runs in this task; the client never gets a server
+/// connection.
+async fn admin_login(
+    app: &Arc<App>,
+    config: &Config,
+    mut stream: Stream,
+    user: &str,
+    dbname: &str,
+    peer: &str,
+) -> Result<Admitted, LoginError> {
+    let general = &config.general;
+    let listed = |list: &[String]| list.iter().any(|u| u == user);
+    let is_admin = listed(&general.admin_users);
+    let is_stats = is_admin || listed(&general.stats_users);
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let same_os_user = user == "pgbouncer"
+        && matches!(&stream, Stream::Unix(u) if u.peer_cred().is_ok_and(|c| c.uid() == me));
+    if !same_os_user {
+        let secret = config.userlist.get(user).cloned();
+        exchange(app, config, &mut stream, user, dbname, secret, None).await?;
+        if !is_stats {
+            let msg = format!(
+                "user \"{user}\" is not allowed to use the admin console (admin_users, stats_users)"
+            );
+            return Err(send_fatal(
+                &mut stream,
+                ErrorResponse::fatal(SqlState::INVALID_AUTHORIZATION, msg),
+            )
+            .await);
+        }
+    }
+    if general.log_connections {
+        tracing::info!(peer = %peer, user = %user, "admin console login");
+    }
+    let mut out = Vec::with_capacity(256);
+    build::auth_ok(&mut out);
+    for (name, value) in [
+        ("server_version", crate::admin::SERVER_VERSION),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("TimeZone", "UTC"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", "pgberth"),
+    ] {
+        build::parameter_status(&mut out, name, value);
+    }
+    build::backend_key_data(&mut out, 0, 0);
+    build::ready_for_query(&mut out, TxStatus::Idle);
+    stream.send(&out).await?;
+    let may_control = is_admin || same_os_user;
+    Ok(Admitted::Console(Box::new(crate::admin::Console::new(
+        app.clone(),
+        stream,
+        may_control,
+    ))))
 }
 
 /// The startup parameters a client set that pgberth carries to its server connections, with
@@ -430,7 +505,7 @@ async fn authenticate(
             true,
         ),
     };
-    let result = exchange(app, config, stream, user, &db.name, secret, pool).await;
+    let result = exchange(app, config, stream, user, &db.name, secret, Some(pool)).await;
     if looked_up && result.is_err() {
         // The password may have changed on the server: ask again next time.
         app.auth_cache.forget(&db.name, user);
@@ -534,7 +609,7 @@ async fn exchange(
     user: &str,
     database: &str,
     secret: Option<Secret>,
-    pool: &Pool,
+    pool: Option<&Pool>,
 ) -> Result<(), LoginError> {
     let refuse = |msg: String| ErrorResponse::fatal(SqlState::INVALID_AUTHORIZATION, msg);
     match method(app, config, stream, user, database) {
@@ -706,7 +781,7 @@ async fn scram_auth(
     stream: &mut Stream,
     user: &str,
     secret: Option<&Secret>,
-    pool: &Pool,
+    pool: Option<&Pool>,
 ) -> Result<(), LoginError> {
     let scram_secret = match secret {
         Some(Secret::Plain(p)) => Some(ScramSecret::Password(p.clone())),
@@ -746,7 +821,7 @@ async fn scram_auth(
     // The keys log in as this user: only a pool whose server user is the client's own may use
     // them (a database line's forced user= is somebody else).
     if from_verifier
-        && pool.key.user == user
+        && let Some(pool) = pool.filter(|p| p.key.user == user)
         && let (Some(client_key), Some(verifier)) = (server.client_key(), server.verifier())
     {
         pool.set_scram_keys(client_key, verifier.server_key);

@@ -3,6 +3,7 @@
 //! The binary in `main.rs` is a thin command-line layer over this library; `process::run`
 //! is the pooler, `docs/LIFECYCLE.md` walks a connection through the modules.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod buffer;

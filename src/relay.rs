@@ -60,6 +60,12 @@ enum Outcome {
     IdleTransactionTimeout,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pool.count_client(false);
+    }
+}
+
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -73,6 +79,7 @@ impl Session {
         database: String,
         wanted_params: Vec<(String, String)>,
     ) -> Session {
+        pool.count_client(true);
         let session = Session {
             app,
             client,

@@ -250,6 +250,8 @@ pub struct Pool {
     inner: Mutex<Inner>,
     db_limit: Arc<Limit>,
     user_limit: Arc<Limit>,
+    /// Clients logged in to this pool (for the admin console).
+    clients: std::sync::atomic::AtomicUsize,
 }
 
 /// Counts shown by the admin console and metrics.
@@ -273,6 +275,7 @@ impl Pool {
             inner: Mutex::default(),
             db_limit,
             user_limit,
+            clients: Default::default(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
         pool.user_limit.add_member(Arc::downgrade(&pool));
@@ -304,6 +307,20 @@ impl Pool {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Clients logged in to this pool.
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// A client logged in to this pool (`false`: it left).
+    pub fn count_client(&self, joined: bool) {
+        if joined {
+            self.clients.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.clients.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn counts(&self) -> PoolCounts {

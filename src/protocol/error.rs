@@ -34,6 +34,8 @@ impl SqlState {
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState(*b"25P03");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState(*b"57P05");
     pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState(*b"42501");
+    pub const SYNTAX_ERROR: SqlState = SqlState(*b"42601");
 }
 
 /// Severity of an ErrorResponse: `FATAL` ends the connection, `ERROR` does not.

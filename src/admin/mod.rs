@@ -1,0 +1,180 @@
+//! The admin console: the virtual database `pgbouncer` (also `pgberth`), spoken to with simple
+//! queries as in PgBouncer. `admin_users` may run every command, `stats_users` only SHOW.
+//! Columns of the SHOW commands follow PgBouncer's documented names and order, so that its
+//! exporters and scripts work (`show.rs`).
+
+mod show;
+
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::protocol::{ErrorResponse, SqlState, TxStatus, build, frontend};
+use crate::stream::{ReadError, Stream, read_message};
+
+/// What pgberth reports as `server_version` on the console and in SHOW VERSION.
+pub const SERVER_VERSION: &str = concat!("pgberth ", env!("CARGO_PKG_VERSION"));
+
+/// Largest query accepted on the console.
+const MAX_COMMAND: usize = 64 * 1024;
+
+/// One admin console connection.
+#[derive(Debug)]
+pub struct Console {
+    app: Arc<App>,
+    stream: Stream,
+    /// `admin_users` (and the `pgbouncer` user over the unix socket): every command, not only
+    /// SHOW.
+    may_control: bool,
+}
+
+/// A result set: column names with whether they are numbers (int8) or text, and text rows.
+pub(crate) struct Table {
+    pub columns: Vec<(&'static str, bool)>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Console {
+    pub fn new(app: Arc<App>, stream: Stream, may_control: bool) -> Console {
+        Console {
+            app,
+            stream,
+            may_control,
+        }
+    }
+
+    /// Answers queries until the client leaves.
+    pub async fn run(&mut self) {
+        let mut buf = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(1024);
+        loop {
+            match read_message(&mut self.stream, &mut buf, MAX_COMMAND).await {
+                Ok(frontend::QUERY) => {
+                    let end = buf[5..]
+                        .iter()
+                        .position(|&b| b == 0)
+                        .unwrap_or(buf.len() - 5);
+                    let query = String::from_utf8_lossy(&buf[5..5 + end]).into_owned();
+                    out.clear();
+                    self.execute(&query, &mut out);
+                    build::ready_for_query(&mut out, TxStatus::Idle);
+                }
+                Ok(frontend::TERMINATE) | Err(ReadError::Closed) => return,
+                Ok(tag) => {
+                    out.clear();
+                    let msg = format!(
+                        "the admin console takes simple queries only, not message type '{}'",
+                        tag as char
+                    );
+                    ErrorResponse::error(SqlState::FEATURE_NOT_SUPPORTED, msg).encode(&mut out);
+                    build::ready_for_query(&mut out, TxStatus::Idle);
+                }
+                Err(e) => {
+                    let err = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
+                    let _ = self.stream.send(&err.to_bytes()).await;
+                    return;
+                }
+            }
+            if self.stream.send(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Runs one command (a trailing `;` is fine) and appends the answer.
+    fn execute(&self, query: &str, out: &mut Vec<u8>) {
+        let words: Vec<String> = query
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            [] => out.extend_from_slice(&[b'I', 0, 0, 0, 4]),
+            ["show", what] => match show::table(&self.app, what) {
+                Some(table) => {
+                    encode_table(&table, out);
+                    command_complete(out, "SHOW");
+                }
+                None if *what == "help" => {
+                    for line in show::HELP {
+                        notice(out, line);
+                    }
+                    command_complete(out, "SHOW");
+                }
+                None => unknown(out, query),
+            },
+            ["reload"] if self.may_control => {
+                let path = self.app.config().path.clone();
+                crate::process::reload(&self.app, &path);
+                command_complete(out, "RELOAD");
+            }
+            [command, ..] if *command != "show" && !self.may_control => {
+                let msg = "admin access needed: only admin_users may run commands other than SHOW";
+                ErrorResponse::error(SqlState::INSUFFICIENT_PRIVILEGE, msg).encode(out);
+            }
+            _ => unknown(out, query),
+        }
+    }
+}
+
+fn unknown(out: &mut Vec<u8>, query: &str) {
+    let msg = format!(
+        "unknown or unsupported admin command \"{}\"; SHOW HELP lists the commands",
+        query.trim()
+    );
+    ErrorResponse::error(SqlState::SYNTAX_ERROR, msg).encode(out);
+}
+
+fn command_complete(out: &mut Vec<u8>, tag: &str) {
+    let start = build::begin(out, b'C');
+    build::cstr(out, tag);
+    build::patch_len(out, start);
+}
+
+fn notice(out: &mut Vec<u8>, text: &str) {
+    let start = build::begin(out, b'N');
+    for (field, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', text),
+    ] {
+        out.push(field);
+        build::cstr(out, value);
+    }
+    out.push(0);
+    build::patch_len(out, start);
+}
+
+/// RowDescription and DataRows, text format; numbers are typed int8 as in PgBouncer.
+fn encode_table(table: &Table, out: &mut Vec<u8>) {
+    const INT8: u32 = 20;
+    const TEXT: u32 = 25;
+    let start = build::begin(out, b'T');
+    out.extend_from_slice(&(table.columns.len() as u16).to_be_bytes());
+    for (name, numeric) in &table.columns {
+        build::cstr(out, name);
+        out.extend_from_slice(&0u32.to_be_bytes()); // table
+        out.extend_from_slice(&0u16.to_be_bytes()); // column
+        let (oid, len) = if *numeric {
+            (INT8, 8i16)
+        } else {
+            (TEXT, -1i16)
+        };
+        out.extend_from_slice(&oid.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // typmod
+        out.extend_from_slice(&0u16.to_be_bytes()); // text format
+    }
+    build::patch_len(out, start);
+    for row in &table.rows {
+        let start = build::begin(out, b'D');
+        out.extend_from_slice(&(row.len() as u16).to_be_bytes());
+        for value in row {
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        build::patch_len(out, start);
+    }
+}
