@@ -249,3 +249,23 @@ async fn user_pgbouncer_over_the_unix_socket_as_the_same_os_user_needs_no_passwo
     let tcp = pgberth.try_connect("pgbouncer", "", "pgbouncer").await;
     assert!(tcp.is_err());
 }
+
+#[tokio::test]
+async fn show_config_lists_settings_with_value_default_and_changeable() {
+    let pgberth = Pgberth::start(&ini(3), USERLIST);
+    let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
+    let (columns, rows) = show(&admin, "SHOW CONFIG").await;
+    assert_eq!(columns, ["key", "value", "default", "changeable"]);
+    let row = |key: &str| {
+        rows.iter()
+            .find(|r| r[0] == key)
+            .unwrap_or_else(|| panic!("{key}"))
+    };
+    assert_eq!(row("pool_mode")[1..], ["transaction", "session", "yes"]);
+    assert_eq!(row("admin_users")[1], "admin");
+    assert_eq!(
+        row("listen_port")[3],
+        "no",
+        "the port changes only at restart"
+    );
+}

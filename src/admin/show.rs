@@ -10,7 +10,7 @@ use crate::config::{Config, Database};
 /// What SHOW HELP answers, one notice per line.
 pub const HELP: &[&str] = &[
     "Console usage",
-    "\tSHOW HELP|VERSION|POOLS|DATABASES|USERS|LISTS|STATE",
+    "\tSHOW HELP|VERSION|CONFIG|POOLS|DATABASES|USERS|LISTS|STATE",
     "\tRELOAD",
 ];
 
@@ -26,6 +26,7 @@ pub(crate) fn table(app: &App, what: &str) -> Option<Table> {
         "users" => users(app),
         "lists" => lists(app),
         "state" => state(app),
+        "config" => config(app),
         _ => return None,
     })
 }
@@ -259,6 +260,32 @@ fn lists(app: &App) -> Table {
     .collect();
     Table {
         columns: vec![("list", false), ("items", true)],
+        rows,
+    }
+}
+
+fn config(app: &App) -> Table {
+    let current = app.config().general.entries();
+    let defaults = crate::config::General::default().entries();
+    let rows = current
+        .into_iter()
+        .zip(defaults)
+        .map(|((key, value), (_, default))| {
+            let changeable = if crate::config::changeable(key) {
+                "yes"
+            } else {
+                "no"
+            };
+            vec![key.to_owned(), value, default, changeable.to_owned()]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            ("key", false),
+            ("value", false),
+            ("default", false),
+            ("changeable", false),
+        ],
         rows,
     }
 }

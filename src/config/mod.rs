@@ -18,6 +18,7 @@ mod error;
 mod general;
 mod ini;
 mod keys;
+mod show;
 mod userlist;
 mod values;
 
@@ -35,6 +36,7 @@ pub use keys::{
     NOT_YET_EFFECTIVE_GENERAL_KEYS, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_GENERAL_KEYS,
     UNSUPPORTED_USER_KEYS,
 };
+pub use show::changeable;
 pub use userlist::{Secret, Userlist};
 pub use values::{AuthType, PoolMode, SslMode};
 
