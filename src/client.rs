@@ -3,7 +3,6 @@
 //! the greeting (ParameterStatus, BackendKeyData, ReadyForQuery). Then the relay takes over.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -848,11 +847,6 @@ fn parse_sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
         return Some((mechanism, &[]));
     }
     (data.len() == len as usize).then_some((mechanism, data))
-}
-
-/// How long a client may take to log in, for callers that want it.
-pub fn login_timeout(config: &Config) -> Duration {
-    config.general.client_login_timeout
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
@@ -435,11 +435,4 @@ pub async fn send_cancel(
     )
     .await;
     Ok(())
-}
-
-/// Age bookkeeping shared by the pool's lifetime and idle checks.
-#[derive(Debug, Clone, Copy)]
-pub struct Ages {
-    pub connected_at: Instant,
-    pub last_used: Instant,
 }
