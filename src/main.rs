@@ -83,6 +83,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Live view of a running pgberth's admin console: pools, waiting clients, TPS/QPS and
+    /// average times.
+    ///
+    /// Keys: q, Esc or Ctrl-C quit. When stdout is not a terminal, or with --once, prints one
+    /// plain-text snapshot and exits; its rates come from two samples --interval apart.
+    Top {
+        /// libpq-style conninfo or URL of the admin console; the password may also come from
+        /// PGPASSWORD.
+        #[arg(default_value = pgberth::tools::top::DEFAULT_CONNINFO)]
+        conninfo: String,
+        /// Print one plain-text snapshot and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes; with --once, between the two samples the rates come
+        /// from (0: one sample, totals only).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +148,11 @@ fn main() -> ExitCode {
             };
             exit_with("certs", certs(&out, &options, force))
         }
+        Some(Command::Top {
+            conninfo,
+            once,
+            interval,
+        }) => exit_with("top", top(&conninfo, once, interval)),
         None => {
             let Some(config_path) = cli.config else {
                 eprintln!(
@@ -177,4 +200,17 @@ fn certs(out: &Path, options: &CertOptions, force: bool) -> anyhow::Result<()> {
     eprintln!("wrote {} files to {}", certs::FILES.len(), dir.display());
     print!("{}", certs::config_snippet(&dir, &options.hosts[0]));
     Ok(())
+}
+
+fn top(conninfo: &str, once: bool, interval: f64) -> anyhow::Result<()> {
+    let conninfo = pgberth::tools::top::ConnInfo::parse(conninfo)
+        .map_err(|e| anyhow::anyhow!("invalid conninfo: {e}"))?
+        .with_env_password();
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .map_err(|_| anyhow::anyhow!("--interval {interval}: expected seconds, 0 or more"))?;
+    pgberth::tools::top::run(pgberth::tools::top::TopOptions {
+        conninfo,
+        once,
+        interval,
+    })
 }

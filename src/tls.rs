@@ -365,6 +365,62 @@ fn server_facing(general: &General, mode: SslMode) -> Result<rustls::ClientConfi
     Ok(config)
 }
 
+/// A rustls client config with libpq's sslmode meanings, for pgberth's own client tools
+/// (`pgberth top`). `allow`, `prefer` and `require` encrypt without checking the certificate,
+/// except that `require` with a `root_cert` checks the chain as libpq does; `verify-ca` checks
+/// the chain against `root_cert`, `verify-full` the chain and the host name. `client_cert` is
+/// an optional certificate and key (libpq's `sslcert`, `sslkey`).
+pub fn libpq_client_config(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, root_cert) {
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(TlsError::Setting(format!(
+                "sslmode={mode} needs sslrootcert, the CA file to check the server's certificate with"
+            )));
+        }
+        (SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, Some(path)) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots("sslrootcert", path)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Setting(format!("sslrootcert: {e}")))?;
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly { webpki })
+            }
+        }
+        _ => Arc::new(NoVerification {
+            algorithms: provider.signature_verification_algorithms,
+        }),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_cert {
+        Some((cert_file, key_file)) => {
+            let certs = read_certs("sslcert", cert_file)?;
+            let key = read_key("sslkey", key_file)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::Invalid {
+                    key: "sslkey",
+                    path: key_file.to_owned(),
+                    message: format!("does not match sslcert: {e}"),
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(config)
+}
+
 /// `allow`, `prefer`, `require`: encrypt, but accept any certificate (libpq's meaning).
 #[derive(Debug)]
 struct NoVerification {
