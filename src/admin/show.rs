@@ -123,6 +123,8 @@ fn databases(app: &App) -> Table {
         ("current_client_connections", true),
         ("paused", true),
         ("disabled", true),
+        // PgBouncer's name for reserve_pool_size before 1.24, still read by exporters.
+        ("reserve_pool", true),
     ];
     let totals = per_database(app);
     let mut rows: Vec<Vec<String>> = config
@@ -162,6 +164,7 @@ fn databases(app: &App) -> Table {
         num(0),
         num(0),
         num(0),
+        num(0),
     ]);
     Table { columns, rows }
 }
@@ -186,6 +189,7 @@ fn database_row(config: &Config, db: &Database, (servers, clients): (usize, usiz
         num(clients),
         num(0),
         num(0),
+        num(db.effective_reserve_pool(g)),
     ]
 }
 
