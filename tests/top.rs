@@ -37,6 +37,13 @@ server_tls_sslmode = disable
 
 /// `pgberth top --once ARGS...` with a clean libpq environment.
 fn top(args: &[&str], password_env: Option<&str>) -> Output {
+    let mut once = vec!["--once"];
+    once.extend_from_slice(args);
+    top_command(&once, password_env)
+}
+
+/// `pgberth top ARGS...` with a clean libpq environment; stdout is a pipe, not a terminal.
+fn top_command(args: &[&str], password_env: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgberth"));
     for var in ["PGPASSWORD", "PGSSLMODE", "PGUSER", "PGHOST", "PGPORT"] {
         cmd.env_remove(var);
@@ -45,7 +52,6 @@ fn top(args: &[&str], password_env: Option<&str>) -> Output {
         cmd.env("PGPASSWORD", password);
     }
     cmd.arg("top")
-        .arg("--once")
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -223,6 +229,32 @@ async fn top_once_over_tls_with_verify_full_and_pgpassword() {
     assert!(
         pools.is_empty(),
         "no client has logged in to app yet: {pools:?}"
+    );
+}
+
+#[test]
+fn top_without_a_terminal_prints_one_snapshot_and_exits() {
+    let pgberth = Pgberth::start(&ini(""), USERLIST);
+    let conninfo = format!(
+        "postgresql://admin:admin_pass@127.0.0.1:{}?sslmode=disable",
+        pgberth.port()
+    );
+    let out = top_command(&["--interval", "0", &conninfo], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("pgberth top: ").count(),
+        1,
+        "one snapshot:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("db=pgbouncer user=admin (no TLS)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\npools\n"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no terminal escapes: {stdout:?}"
     );
 }
 
