@@ -1,7 +1,8 @@
 //! `pgberth top --once`, the built binary, against a real pgberth in front of the test
 //! PostgreSQL: the pool table and the per-database statistics after real traffic, over plain
-//! TCP and over TLS (verify-full with a CA from `pgberth::tools::certs`), and the one-line
-//! errors for a refused connection, a wrong password and a certificate from another CA.
+//! TCP, over TLS (verify-full with a CA from `pgberth::tools::certs`) and over the unix socket;
+//! one snapshot when stdout is not a terminal; and the one-line errors for a refused
+//! connection, a wrong password, a certificate from another CA and a bad conninfo.
 
 mod support;
 
@@ -256,6 +257,26 @@ fn top_without_a_terminal_prints_one_snapshot_and_exits() {
         !stdout.contains('\u{1b}'),
         "no terminal escapes: {stdout:?}"
     );
+}
+
+/// The default user `pgbouncer` needs no password over the unix socket as pgberth's OS user.
+#[test]
+fn top_once_over_the_unix_socket_as_user_pgbouncer() {
+    let pgberth = Pgberth::start(&ini(""), USERLIST);
+    let conninfo = format!(
+        "host={} port={} user=pgbouncer",
+        pgberth.dir().display(),
+        pgberth.port()
+    );
+    let out = top(&["--interval", "0", &conninfo], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let socket = format!(
+        "{}/.s.PGSQL.{} db=pgbouncer user=pgbouncer (unix socket)",
+        pgberth.dir().display(),
+        pgberth.port()
+    );
+    assert!(stdout.lines().next().unwrap().contains(&socket), "{stdout}");
 }
 
 #[test]
