@@ -151,6 +151,7 @@ async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(),
         tokio::spawn(listener::accept_unix(app.clone(), l, path));
     }
     tokio::spawn(app.clone().maintenance());
+    tokio::spawn(app.clone().stats_periods_task());
 
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;

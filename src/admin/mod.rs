@@ -3,7 +3,10 @@
 //! Columns of the SHOW commands follow PgBouncer's documented names and order, so that its
 //! exporters and scripts work (`show.rs`).
 
+mod connections;
+mod resources;
 mod show;
+mod stats;
 
 use std::sync::Arc;
 
