@@ -5,11 +5,13 @@ use super::Table;
 use crate::app::App;
 use crate::stats::{Counters, Stat};
 
-/// SHOW STATS: per database, every total then every average.
+/// SHOW STATS: per database, every total then every average, then `total_requests`
+/// (PgBouncer 1.7's name for `total_query_count`, still read by exporters).
 pub(crate) fn stats(app: &App) -> Table {
     let mut columns = vec![("database", false)];
     columns.extend(Stat::ALL.iter().map(|s| (s.total_name(), true)));
     columns.extend(Stat::ALL.iter().map(|s| (s.avg_name(), true)));
+    columns.push(("total_requests", true));
     let rows = app
         .database_totals()
         .into_iter()
@@ -18,6 +20,7 @@ pub(crate) fn stats(app: &App) -> Table {
             let mut row = vec![db];
             row.extend(values(&totals));
             row.extend(values(&averages));
+            row.push(totals.get(Stat::QueryCount).to_string());
             row
         })
         .collect();
