@@ -44,6 +44,8 @@ pub struct App {
     pub statement_totals: crate::prepared::Totals,
     /// Secrets found by `auth_query`, kept for a short while.
     pub auth_cache: SecretCache,
+    /// Paused, suspended and disabled databases (admin console control commands).
+    pub control: crate::admin::Control,
     state: watch::Sender<RunState>,
 }
 
@@ -75,6 +77,7 @@ impl App {
             statements: Arc::default(),
             statement_totals: Default::default(),
             auth_cache: SecretCache::default(),
+            control: Default::default(),
             state: watch::channel(RunState::Running).0,
         })
     }
@@ -144,6 +147,7 @@ impl App {
             settings.max_user_connections,
         );
         let pool = Pool::new(key.clone(), settings, db_limit, user_limit);
+        pool.set_pause(self.control.pause_mode_for(&db.name));
         pools.insert(key, pool.clone());
         pool
     }

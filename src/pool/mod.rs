@@ -5,6 +5,7 @@
 //! reason) frees its slot and lets the next waiting client open a new one. Nothing is dropped
 //! while a pool's lock is held.
 
+mod control;
 mod limit;
 mod settings;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
+pub use control::PauseMode;
 pub use limit::Limit;
 pub use settings::PoolSettings;
 
@@ -71,6 +73,8 @@ pub struct ServerConn {
     /// Named statements pgberth prepared here for clients in transaction and statement mode.
     pub prepared: ServerStatements,
     generation: u64,
+    /// Holds the pool's generation token (WAIT_CLOSE); dropped before `slot`.
+    _generation_token: Arc<()>,
     slot: Slot,
 }
 
@@ -252,6 +256,8 @@ pub struct Pool {
     user_limit: Arc<Limit>,
     /// Clients logged in to this pool (for the admin console).
     clients: std::sync::atomic::AtomicUsize,
+    /// Pause state and retired generations (`control.rs`).
+    control: control::PoolControl,
 }
 
 /// Counts shown by the admin console and metrics.
@@ -276,6 +282,7 @@ impl Pool {
             db_limit,
             user_limit,
             clients: Default::default(),
+            control: Default::default(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
         pool.user_limit.add_member(Arc::downgrade(&pool));
@@ -296,6 +303,7 @@ impl Pool {
             let mut inner = self.lock();
             if retire {
                 inner.generation += 1;
+                self.control.retire_generation();
                 inner.params = None;
                 std::mem::take(&mut inner.idle)
             } else {
@@ -398,6 +406,7 @@ impl Pool {
     /// Called when a slot is freed: hands it to this pool's first waiting client, or releases
     /// the shared limits and lets a waiter of another pool sharing them proceed.
     fn slot_freed(pool: &Arc<Pool>) {
+        pool.control.released();
         let waiter = {
             let mut inner = pool.lock();
             inner.open -= 1;
@@ -446,6 +455,9 @@ impl Pool {
     /// The fast path of checkout, with no waiting: an idle connection that needs no health
     /// check, if there is one.
     pub fn try_checkout_idle(&self) -> Option<Box<ServerConn>> {
+        if self.is_paused() {
+            return None;
+        }
         let settings = self.settings.load();
         let mut stale = Vec::new();
         let found = {
@@ -476,14 +488,22 @@ impl Pool {
     /// than `server_check_delay`), a new one when the pool has room, or the first one freed
     /// while the client waits in line (up to `query_wait_timeout`).
     pub async fn checkout(self: &Arc<Pool>) -> Result<Box<ServerConn>, CheckoutError> {
-        let settings = self.settings.load_full();
-        let started = Instant::now();
+        let mut settings = self.settings.load_full();
+        let mut started = Instant::now();
         loop {
+            // Paused (PAUSE, SUSPEND): wait for RESUME; the wait is not a query wait.
+            if self.wait_resumed().await {
+                settings = self.settings.load_full();
+                started = Instant::now();
+            }
             let mut stale = Vec::new();
             let step = {
                 let mut inner = self.lock();
                 if inner.closed {
                     return Err(CheckoutError::Closed);
+                }
+                if self.is_paused() {
+                    continue;
                 }
                 let mut found = None;
                 while let Some(mut conn) = inner.idle.pop() {
@@ -514,7 +534,11 @@ impl Pool {
                     if held_by_shared_limit {
                         self.evict_idle_sibling();
                     }
-                    self.wait(rx, &settings, started).await?
+                    match self.wait(rx, &settings, started).await {
+                        // Sent back by a pause (`set_pause`): wait for RESUME.
+                        Err(CheckoutError::Closed) if self.is_paused() => continue,
+                        grant => grant?,
+                    }
                 }
             };
             match grant {
@@ -586,14 +610,14 @@ impl Pool {
         slot: Slot,
         settings: &PoolSettings,
     ) -> Result<Box<ServerConn>, CheckoutError> {
-        let (generation, recent_failure) = {
+        let (generation, generation_token, recent_failure) = {
             let inner = self.lock();
             let recent = inner
                 .last_failure
                 .as_ref()
                 .filter(|f| f.at.elapsed() < settings.server_login_retry)
                 .cloned();
-            (inner.generation, recent)
+            (inner.generation, self.control.generation_token(), recent)
         };
         if let Some(failure) = recent_failure {
             return Err(CheckoutError::LoginRetry {
@@ -653,6 +677,7 @@ impl Pool {
             set_params: Vec::new(),
             prepared: ServerStatements::default(),
             generation,
+            _generation_token: generation_token,
             slot,
         }))
     }
@@ -738,6 +763,7 @@ impl Pool {
             }
         };
         drop(leftover);
+        pool.control.released();
     }
 
     /// Periodic upkeep: closes idle connections past `server_idle_timeout` or
@@ -769,6 +795,9 @@ impl Pool {
 
     /// Opens one connection for `min_pool_size` and parks it idle, if there is room.
     pub async fn open_spare(self: &Arc<Pool>) -> Result<(), CheckoutError> {
+        if self.is_paused() {
+            return Ok(());
+        }
         let settings = self.settings.load_full();
         let took = {
             let mut inner = self.lock();
