@@ -346,6 +346,10 @@ pub(super) async fn execute(
             {
                 return After::Nothing;
             }
+            match arg {
+                Some(db) => tracing::info!("WAIT_CLOSE '{db}' command issued"),
+                None => tracing::info!("WAIT_CLOSE command issued"),
+            }
             for pool in pools_of(app, arg) {
                 pool.wait_retired_closed().await;
             }
