@@ -34,6 +34,9 @@ pub(super) struct PoolControl {
     held: AtomicUsize,
     /// Woken when a connection is checked in or closed, and when the pause mode changes.
     changed: Notify,
+    /// Tasks waiting on `changed` (PAUSE, WAIT_CLOSE): checkin skips `changed`'s lock when
+    /// there are none.
+    watchers: AtomicUsize,
     /// Held by every connection of the current generation.
     generation_token: Mutex<Arc<()>>,
     /// Tokens of retired generations; a live one means a retired connection is still open.
@@ -47,6 +50,7 @@ impl Default for PoolControl {
             mode: watch::Sender::new(None),
             held: AtomicUsize::new(0),
             changed: Notify::new(),
+            watchers: AtomicUsize::new(0),
             generation_token: Mutex::new(Arc::new(())),
             retired: Mutex::new(Vec::new()),
         }
@@ -56,7 +60,17 @@ impl Default for PoolControl {
 impl PoolControl {
     /// A connection was checked in or closed: wake PAUSE and WAIT_CLOSE.
     pub(super) fn released(&self) {
-        self.changed.notify_waiters();
+        // SeqCst pairs with `watch`: a watcher either is counted here or, having counted
+        // itself first, sees the change when it checks its condition.
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Counts the caller as a watcher of `changed` until the guard is dropped.
+    fn watch(&self) -> Counted<'_> {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        Counted(&self.watchers)
     }
 
     /// The token a connection opened now holds until it closes.
@@ -92,10 +106,10 @@ impl PoolControl {
     }
 }
 
-/// Counts a client in `wait_resumed` while it waits there.
-struct Held<'a>(&'a AtomicUsize);
+/// Keeps a count raised while it lives (clients held by a pause, watchers of `changed`).
+struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for Held<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -146,7 +160,7 @@ impl Pool {
             return false;
         }
         self.control.held.fetch_add(1, Ordering::Relaxed);
-        let _held = Held(&self.control.held);
+        let _held = Counted(&self.control.held);
         let mut mode = self.control.mode.subscribe();
         // The sender lives in the pool, which outlives this borrow: no error possible.
         let _ = mode.wait_for(Option::is_none).await;
@@ -156,6 +170,7 @@ impl Pool {
     /// PAUSE: waits until no server connection of this pool is open, closing each one as it
     /// goes idle. Returns early if the pool is resumed meanwhile.
     pub async fn wait_released(&self) {
+        let _watching = self.control.watch();
         loop {
             let notified = self.control.changed.notified();
             tokio::pin!(notified);
@@ -197,6 +212,7 @@ impl Pool {
 
     /// WAIT_CLOSE: waits until every retired connection is closed.
     pub async fn wait_retired_closed(&self) {
+        let _watching = self.control.watch();
         loop {
             let notified = self.control.changed.notified();
             tokio::pin!(notified);
