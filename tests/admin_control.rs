@@ -692,3 +692,84 @@ async fn psql_pauses_and_resumes_a_database() {
     let app = databases.lines().find(|l| l.starts_with("app|")).unwrap();
     assert!(app.ends_with("|0|0"), "resumed: {app}");
 }
+
+#[tokio::test]
+async fn pause_in_session_mode_waits_for_the_client_to_leave_and_holds_new_logins() {
+    let pgberth = Pgberth::start(
+        &ini(Some(2)).replace("pool_mode = transaction", "pool_mode = session"),
+        USERLIST,
+    );
+    let watcher_admin = admin(&pgberth).await;
+    let pausing_admin = admin(&pgberth).await;
+    let holder = app_client(&pgberth).await;
+
+    let pause = tokio::spawn(async move {
+        let result = pausing_admin.simple_query("PAUSE app").await;
+        (pausing_admin, result)
+    });
+    eventually("SHOW DATABASES reports app paused", || async {
+        show_value(&watcher_admin, "SHOW DATABASES", "app", "paused").await == "1"
+    })
+    .await;
+    assert_eq!(
+        scalar(&holder, "SELECT 21").await,
+        "21",
+        "a session keeps its server connection while PAUSE waits"
+    );
+    assert!(!pause.is_finished(), "PAUSE waits for the session to end");
+    drop(holder);
+    let (pausing_admin, result) = finish(pause, "PAUSE app after the client left").await;
+    result.expect("PAUSE app succeeds");
+
+    let conn_str = pgberth.conn_str(SCRAM_USER, SCRAM_PASS, "app");
+    let newcomer = tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.simple_query("SELECT 22").await
+    });
+    eventually(
+        "the new session waits for its server connection",
+        || async { pools_value(&watcher_admin, "cl_waiting").await >= 1 },
+    )
+    .await;
+    assert!(!newcomer.is_finished());
+    pausing_admin.simple_query("RESUME app").await.unwrap();
+    let result = finish(newcomer, "the new session after RESUME app").await;
+    assert_eq!(first_value(&result.expect("the new client logs in")), "22");
+}
+
+#[tokio::test]
+async fn wait_close_waits_for_connections_retired_by_a_reload() {
+    let pgberth = Pgberth::start(&ini(Some(2)), USERLIST);
+    let watcher_admin = admin(&pgberth).await;
+    let waiting_admin = admin(&pgberth).await;
+    let client = app_client(&pgberth).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let old_pid = scalar(&client, "SELECT pg_backend_pid()").await;
+
+    // The same server over the unix socket: a new server target, so the reload retires the
+    // connection in use.
+    pgberth.rewrite_ini(&ini(Some(2)).replace(
+        "host=127.0.0.1 port=@PGPORT@",
+        "host=@PGSOCKET@ port=@PGPORT@",
+    ));
+    watcher_admin.simple_query("RELOAD").await.unwrap();
+    let wait_close = tokio::spawn(async move {
+        let result = waiting_admin.simple_query("WAIT_CLOSE").await;
+        (waiting_admin, result)
+    });
+    eventually("WAIT_CLOSE has started", || async {
+        pgberth.log_contents().contains("WAIT_CLOSE command issued")
+    })
+    .await;
+    assert_eq!(pools_value(&watcher_admin, "sv_active").await, 1);
+    assert!(
+        !wait_close.is_finished(),
+        "WAIT_CLOSE waits for the retired connection in use"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    let (_admin, result) = finish(wait_close, "WAIT_CLOSE after COMMIT").await;
+    result.expect("WAIT_CLOSE succeeds");
+    let new_pid = scalar(&client, "SELECT pg_backend_pid()").await;
+    assert_ne!(new_pid, old_pid);
+}
