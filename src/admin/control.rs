@@ -54,6 +54,8 @@ const IGNORED_SET: &[&str] = &[
 #[derive(Debug)]
 pub struct Control {
     state: Mutex<State>,
+    /// Serialises `apply`, so that two commands cannot leave a pool in the older one's state.
+    applying: Mutex<()>,
     /// True while SUSPENDed: the accept loops stop accepting.
     suspended: watch::Sender<bool>,
 }
@@ -72,6 +74,7 @@ impl Default for Control {
     fn default() -> Control {
         Control {
             state: Mutex::default(),
+            applying: Mutex::default(),
             suspended: watch::Sender::new(false),
         }
     }
@@ -115,6 +118,7 @@ impl Control {
 
     /// Pauses or resumes every pool according to the state.
     fn apply(&self, app: &App) {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         for pool in app.pools() {
             let mode = self.pause_mode_for(&pool.key.database);
             if pool.pause_mode() != mode {

@@ -406,7 +406,6 @@ impl Pool {
     /// Called when a slot is freed: hands it to this pool's first waiting client, or releases
     /// the shared limits and lets a waiter of another pool sharing them proceed.
     fn slot_freed(pool: &Arc<Pool>) {
-        pool.control.released();
         let waiter = {
             let mut inner = pool.lock();
             inner.open -= 1;
@@ -416,6 +415,7 @@ impl Pool {
             }
             w
         };
+        pool.control.released();
         if let Some(tx) = waiter {
             // If the waiter gave up meanwhile, the returned slot is dropped here, outside the
             // lock, and goes to the next one.
