@@ -50,6 +50,8 @@ pub struct App {
     pub clients_registry: Clients,
     /// Averages of the last `stats_period`.
     pub stats_periods: Periods,
+    /// Paused, suspended and disabled databases (admin console control commands).
+    pub control: crate::admin::Control,
     state: watch::Sender<RunState>,
 }
 
@@ -85,6 +87,7 @@ impl App {
             auth_cache: SecretCache::default(),
             clients_registry: Clients::default(),
             stats_periods: Periods::default(),
+            control: Default::default(),
             state: watch::channel(RunState::Running).0,
         })
     }
@@ -161,6 +164,7 @@ impl App {
             settings.max_user_connections,
         );
         let pool = Pool::new(key.clone(), settings, db_limit, user_limit);
+        pool.set_pause(self.control.pause_mode_for(&db.name));
         pools.insert(key, pool.clone());
         pool
     }

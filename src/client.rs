@@ -283,6 +283,13 @@ async fn login(
     let pool = app.pool(&db, &server_user);
     let mut out = Vec::with_capacity(512);
     authenticate(app, config, &mut stream, &user, &db, &pool).await?;
+    if app.control.is_disabled(&dbname) {
+        let msg = format!(
+            "database \"{dbname}\" does not allow connections: it is disabled (DISABLE on the admin console)"
+        );
+        let err = fatal(crate::admin::OBJECT_NOT_IN_PREREQUISITE_STATE, msg);
+        return Err(send_fatal(&mut stream, err).await);
+    }
 
     let mode = config.pool_mode_for(&db, &user);
     let wanted = wanted_params(config, &params, peer);

@@ -136,12 +136,16 @@ fn start_client(app: &Arc<App>, stream: Stream) {
     crate::registry::Clients::set_abort(&info, task.abort_handle());
 }
 
-/// Accepts TCP clients until the process stops accepting.
+/// Accepts TCP clients until the process stops accepting; not while SUSPENDed (new
+/// connections wait in the kernel's backlog).
 pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
     let mut state = app.watch_state();
+    let mut suspended = app.control.watch_suspended();
     loop {
+        let accepting = !*suspended.borrow_and_update();
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = suspended.changed() => {}
+            accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, _)) => {
                     tune_client_socket(&stream, app.config().general.tcp_keepalive);
                     start_client(&app, Stream::Tcp(stream));
@@ -157,12 +161,16 @@ pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-/// Accepts unix-socket clients until the process stops accepting; then removes the socket file.
+/// Accepts unix-socket clients until the process stops accepting, not while SUSPENDed; then
+/// removes the socket file.
 pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
     let mut state = app.watch_state();
+    let mut suspended = app.control.watch_suspended();
     loop {
+        let accepting = !*suspended.borrow_and_update();
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = suspended.changed() => {}
+            accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, _)) => start_client(&app, Stream::Unix(stream)),
                 Err(e) => accept_failed(e).await,
             },

@@ -72,7 +72,12 @@ pub struct Loaded {
 
 /// Loads and checks a config the way start-up does, including settings this build refuses.
 pub fn load_config(path: &Path) -> Result<Loaded, RunError> {
-    let config = Config::load(path)?;
+    prepare(Config::load(path)?)
+}
+
+/// Checks a parsed config the way start-up does and reads what it names (TLS files, the hba
+/// file): what RELOAD and the admin console's SET apply.
+pub fn prepare(config: Config) -> Result<Loaded, RunError> {
     use crate::config::AuthType;
     let hba = match config.general.auth_type {
         AuthType::Pam => return Err(RunError::UnsupportedAuth("pam")),
@@ -170,10 +175,6 @@ async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(),
             _ = int.recv() => {
                 tracing::info!("SIGINT: no new clients; exiting when the last of {} clients leaves", app.client_count());
                 app.set_run_state(RunState::Draining);
-                let wait = app.config().general.shutdown_wait_timeout;
-                if !wait.is_zero() {
-                    drain_deadline = Some(tokio::time::Instant::now() + wait);
-                }
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: exiting now");
@@ -186,9 +187,20 @@ async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(),
             }
             _ = state.changed() => {}
         }
-        if app.run_state() == RunState::Draining && app.client_count() == 0 {
-            tracing::info!("last client left; exiting");
-            break;
+        // SIGINT and the admin console's SHUTDOWN commands change the run state.
+        match app.run_state() {
+            RunState::Running => {}
+            RunState::Stopping => break,
+            RunState::Draining => {
+                let wait = app.config().general.shutdown_wait_timeout;
+                if drain_deadline.is_none() && !wait.is_zero() {
+                    drain_deadline = Some(tokio::time::Instant::now() + wait);
+                }
+                if app.client_count() == 0 {
+                    tracing::info!("last client left; exiting");
+                    break;
+                }
+            }
         }
     }
     if let Some(path) = unix_path {

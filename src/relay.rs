@@ -64,7 +64,9 @@ enum Outcome {
 }
 
 impl Drop for Session {
+    // Also runs when KILL or KILL_CLIENT aborts the client's task mid-way.
     fn drop(&mut self) {
+        self.app.cancel.unregister(self.key);
         self.pool.count_client(false);
     }
 }
@@ -292,7 +294,6 @@ impl Session {
                 drop(other);
             }
         }
-        self.app.cancel.unregister(self.key);
         let config = self.app.config();
         match reason {
             Some(err) => {

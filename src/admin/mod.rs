@@ -1,12 +1,16 @@
 //! The admin console: the virtual database `pgbouncer` (also `pgberth`), spoken to with simple
 //! queries as in PgBouncer. `admin_users` may run every command, `stats_users` only SHOW.
 //! Columns of the SHOW commands follow PgBouncer's documented names and order, so that its
-//! exporters and scripts work (`show.rs`).
+//! exporters and scripts work (`show.rs`). The control commands (PAUSE, RESUME, SUSPEND,
+//! DISABLE, ENABLE, RECONNECT, WAIT_CLOSE, SHUTDOWN, SET) are in `control.rs`.
 
 mod connections;
+mod control;
 mod resources;
 mod show;
 mod stats;
+
+pub use control::{Control, OBJECT_NOT_IN_PREREQUISITE_STATE};
 
 use std::sync::Arc;
 
@@ -19,6 +23,10 @@ pub const SERVER_VERSION: &str = concat!("pgberth ", env!("CARGO_PKG_VERSION"));
 
 /// Largest query accepted on the console.
 const MAX_COMMAND: usize = 64 * 1024;
+
+const SYNTAX_ERROR: SqlState = SqlState::SYNTAX_ERROR;
+const INSUFFICIENT_PRIVILEGE: SqlState = SqlState::INSUFFICIENT_PRIVILEGE;
+const ADMIN_NEEDED: &str = "admin access needed: only admin_users may run commands other than SHOW";
 
 /// One admin console connection.
 #[derive(Debug)]
@@ -58,8 +66,13 @@ impl Console {
                         .unwrap_or(buf.len() - 5);
                     let query = String::from_utf8_lossy(&buf[5..5 + end]).into_owned();
                     out.clear();
-                    self.execute(&query, &mut out);
+                    let after = self.execute(&query, &mut out).await;
                     build::ready_for_query(&mut out, TxStatus::Idle);
+                    if after == control::After::Stop {
+                        let _ = self.stream.send(&out).await;
+                        self.app.set_run_state(crate::app::RunState::Stopping);
+                        return;
+                    }
                 }
                 Ok(frontend::TERMINATE) | Err(ReadError::Closed) => return,
                 Ok(tag) => {
@@ -84,13 +97,10 @@ impl Console {
     }
 
     /// Runs one command (a trailing `;` is fine) and appends the answer.
-    fn execute(&self, query: &str, out: &mut Vec<u8>) {
-        let words: Vec<String> = query
-            .trim()
-            .trim_end_matches(';')
-            .split_whitespace()
-            .map(str::to_ascii_lowercase)
-            .collect();
+    async fn execute(&self, query: &str, out: &mut Vec<u8>) -> control::After {
+        let text = query.trim().trim_end_matches(';');
+        let typed: Vec<&str> = text.split_whitespace().collect();
+        let words: Vec<String> = typed.iter().map(|w| w.to_ascii_lowercase()).collect();
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         match words.as_slice() {
             [] => out.extend_from_slice(&[b'I', 0, 0, 0, 4]),
@@ -112,12 +122,17 @@ impl Console {
                 crate::process::reload(&self.app, &path);
                 command_complete(out, "RELOAD");
             }
+            // SET of a driver's session parameter is ignored for everyone, as in PgBouncer.
+            ["set", ..] => control::set(&self.app, query, self.may_control, out),
             [command, ..] if *command != "show" && !self.may_control => {
-                let msg = "admin access needed: only admin_users may run commands other than SHOW";
-                ErrorResponse::error(SqlState::INSUFFICIENT_PRIVILEGE, msg).encode(out);
+                ErrorResponse::error(INSUFFICIENT_PRIVILEGE, ADMIN_NEEDED).encode(out);
+            }
+            [command, ..] if control::COMMANDS.contains(command) => {
+                return control::execute(&self.app, command, &typed[1..], query, out).await;
             }
             _ => unknown(out, query),
         }
+        control::After::Nothing
     }
 }
 

@@ -10,8 +10,22 @@ use crate::config::{Config, Database};
 /// What SHOW HELP answers, one notice per line.
 pub const HELP: &[&str] = &[
     "Console usage",
-    "\tSHOW HELP|VERSION|CONFIG|POOLS|DATABASES|USERS|LISTS|STATE",
+    "\tSHOW HELP|VERSION|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|STATE",
+    "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS",
+    "\tSHOW LISTS|MEM|FDS|SOCKETS|ACTIVE_SOCKETS|DNS_HOSTS|DNS_ZONES",
+    "\tSET key = arg",
     "\tRELOAD",
+    "\tPAUSE [<db>]",
+    "\tRESUME [<db>]",
+    "\tDISABLE <db>",
+    "\tENABLE <db>",
+    "\tRECONNECT [<db>]",
+    "\tKILL <db>",
+    "\tKILL_CLIENT <id>",
+    "\tSUSPEND",
+    "\tSHUTDOWN",
+    "\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS",
+    "\tWAIT_CLOSE [<db>]",
 ];
 
 /// The table for `SHOW <what>`, or `None` for a SHOW pgberth does not have (yet).
@@ -79,6 +93,8 @@ fn pools(app: &App) -> Table {
                 .copied()
                 .unwrap_or(0);
             let counts = pool.counts();
+            // Clients held by a pause wait for a connection too.
+            let waiting = counts.waiting + pool.held_clients();
             let clients = pool.client_count();
             let logged_in = pool.servers().len();
             let mode = config
@@ -88,8 +104,8 @@ fn pools(app: &App) -> Table {
             vec![
                 pool.key.database.clone(),
                 pool.key.user.clone(),
-                num(clients.saturating_sub(counts.waiting)),
-                num(counts.waiting),
+                num(clients.saturating_sub(waiting)),
+                num(waiting),
                 num(0),
                 num(0),
                 num(logged_in.saturating_sub(counts.idle)),
@@ -150,6 +166,7 @@ fn databases(app: &App) -> Table {
         .values()
         .map(|db| {
             database_row(
+                app,
                 &config,
                 db,
                 totals.get(&db.name).copied().unwrap_or_default(),
@@ -161,7 +178,7 @@ fn databases(app: &App) -> Table {
         if !config.databases.contains_key(name)
             && let Some(db) = config.database(name)
         {
-            rows.push(database_row(&config, &db, *counts));
+            rows.push(database_row(app, &config, &db, *counts));
         }
     }
     rows.push(vec![
@@ -187,8 +204,14 @@ fn databases(app: &App) -> Table {
     Table { columns, rows }
 }
 
-fn database_row(config: &Config, db: &Database, (servers, clients): (usize, usize)) -> Vec<String> {
+fn database_row(
+    app: &App,
+    config: &Config,
+    db: &Database,
+    (servers, clients): (usize, usize),
+) -> Vec<String> {
     let g = &config.general;
+    let flag = |on: bool| num(u8::from(on));
     vec![
         db.name.clone(),
         db.host.clone().unwrap_or_default(),
@@ -205,8 +228,8 @@ fn database_row(config: &Config, db: &Database, (servers, clients): (usize, usiz
         num(servers),
         num(0),
         num(clients),
-        num(0),
-        num(0),
+        flag(app.control.is_paused(&db.name)),
+        flag(app.control.is_disabled(&db.name)),
         num(db.effective_reserve_pool(g)),
     ]
 }
@@ -313,11 +336,13 @@ fn config(app: &App) -> Table {
 }
 
 fn state(app: &App) -> Table {
-    let draining = app.run_state() != crate::app::RunState::Running;
+    use crate::pool::PauseMode;
+    let running = app.run_state() == crate::app::RunState::Running;
+    let global = app.control.global_pause();
     let rows = [
-        ("active", !draining),
-        ("paused", false),
-        ("suspended", false),
+        ("active", running && global.is_none()),
+        ("paused", global == Some(PauseMode::Pause)),
+        ("suspended", global == Some(PauseMode::Suspend)),
     ]
     .into_iter()
     .map(|(key, yes)| vec![key.to_owned(), if yes { "yes" } else { "no" }.to_owned()])

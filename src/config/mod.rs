@@ -36,7 +36,7 @@ pub use keys::{
     NOT_YET_EFFECTIVE_GENERAL_KEYS, UNSUPPORTED_DATABASE_KEYS, UNSUPPORTED_GENERAL_KEYS,
     UNSUPPORTED_USER_KEYS,
 };
-pub use show::changeable;
+pub use show::{SetError, changeable};
 pub use userlist::{Secret, Userlist};
 pub use values::{AuthType, PoolMode, SslMode};
 

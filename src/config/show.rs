@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::General;
+use super::{Config, General};
 
 /// Settings that only a restart changes (SHOW CONFIG's `changeable` is `no` for them).
 const RESTART_ONLY: &[&str] = &[
@@ -141,6 +141,66 @@ impl General {
 /// Whether a reload (RELOAD, SIGHUP) changes `key` (`changeable` in SHOW CONFIG).
 pub fn changeable(key: &str) -> bool {
     !RESTART_ONLY.contains(&key)
+}
+
+/// Why the admin console's `SET key = value` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("unknown configuration parameter \"{0}\" (SHOW CONFIG lists them)")]
+    Unknown(String),
+    #[error("\"{0}\" is a PgBouncer setting pgberth does not support yet")]
+    Unsupported(String),
+    #[error("\"{0}\" cannot be changed while pgberth runs (changeable = no); restart to change it")]
+    NotChangeable(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// A copy of this config with one `[pgbouncer]` setting changed, the value parsed exactly
+    /// as in the ini file (relative paths against the ini file's directory); a new `auth_file`
+    /// is read. What the admin console's SET applies.
+    pub fn with_setting(&self, key: &str, value: &str) -> Result<Config, SetError> {
+        let key = key.to_ascii_lowercase();
+        let known = General::default().entries().iter().any(|(k, _)| *k == key);
+        if !known {
+            return Err(if super::UNSUPPORTED_GENERAL_KEYS.contains(&key.as_str()) {
+                SetError::Unsupported(key)
+            } else {
+                SetError::Unknown(key)
+            });
+        }
+        if !changeable(&key) {
+            return Err(SetError::NotChangeable(key));
+        }
+        let mut config = self.clone();
+        let at = super::error::At {
+            file: &self.path,
+            line: 0,
+        };
+        let invalid = |e: super::ConfigError| match e {
+            super::ConfigError::InvalidValue {
+                key,
+                value,
+                expected,
+                ..
+            } => SetError::Invalid(format!(
+                "invalid value \"{value}\" for {key} (expected {expected})"
+            )),
+            other => SetError::Invalid(other.to_string()),
+        };
+        config
+            .general
+            .apply(&key, value, &self.path, at)
+            .map_err(invalid)?;
+        if key == "auth_file" {
+            config.userlist = match &config.general.auth_file {
+                Some(file) => super::Userlist::load(file).map_err(invalid)?,
+                None => super::Userlist::default(),
+            };
+        }
+        Ok(config)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! reason) frees its slot and lets the next waiting client open a new one. Nothing is dropped
 //! while a pool's lock is held.
 
+mod control;
 mod limit;
 mod settings;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
+pub use control::PauseMode;
 pub use limit::Limit;
 pub use settings::PoolSettings;
 
@@ -74,6 +76,8 @@ pub struct ServerConn {
     generation: u64,
     /// What SHOW SERVERS shows of it.
     pub info: Arc<ServerInfo>,
+    /// Holds the pool's generation token (WAIT_CLOSE); dropped before `slot`.
+    _generation_token: Arc<()>,
     slot: Slot,
 }
 
@@ -265,6 +269,8 @@ pub struct Pool {
     departed: Mutex<crate::stats::Counters>,
     /// Logged-in server connections, idle or in use (SHOW SERVERS).
     servers: Mutex<HashMap<u64, Arc<ServerInfo>>>,
+    /// Pause state and retired generations (`control.rs`).
+    control: control::PoolControl,
 }
 
 /// Counts shown by the admin console and metrics.
@@ -291,6 +297,7 @@ impl Pool {
             clients: Default::default(),
             departed: Mutex::default(),
             servers: Mutex::default(),
+            control: Default::default(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
         pool.user_limit.add_member(Arc::downgrade(&pool));
@@ -311,6 +318,7 @@ impl Pool {
             let mut inner = self.lock();
             if retire {
                 inner.generation += 1;
+                self.control.retire_generation();
                 inner.params = None;
                 std::mem::take(&mut inner.idle)
             } else {
@@ -449,6 +457,7 @@ impl Pool {
             }
             w
         };
+        pool.control.released();
         if let Some(tx) = waiter {
             // If the waiter gave up meanwhile, the returned slot is dropped here, outside the
             // lock, and goes to the next one.
@@ -488,6 +497,9 @@ impl Pool {
     /// The fast path of checkout, with no waiting: an idle connection that needs no health
     /// check, if there is one.
     pub fn try_checkout_idle(&self) -> Option<Box<ServerConn>> {
+        if self.is_paused() {
+            return None;
+        }
         let settings = self.settings.load();
         let mut stale = Vec::new();
         let found = {
@@ -518,14 +530,22 @@ impl Pool {
     /// than `server_check_delay`), a new one when the pool has room, or the first one freed
     /// while the client waits in line (up to `query_wait_timeout`).
     pub async fn checkout(self: &Arc<Pool>) -> Result<Box<ServerConn>, CheckoutError> {
-        let settings = self.settings.load_full();
-        let started = Instant::now();
+        let mut settings = self.settings.load_full();
+        let mut started = Instant::now();
         loop {
+            // Paused (PAUSE, SUSPEND): wait for RESUME; the wait is not a query wait.
+            if self.wait_resumed().await {
+                settings = self.settings.load_full();
+                started = Instant::now();
+            }
             let mut stale = Vec::new();
             let step = {
                 let mut inner = self.lock();
                 if inner.closed {
                     return Err(CheckoutError::Closed);
+                }
+                if self.is_paused() {
+                    continue;
                 }
                 let mut found = None;
                 while let Some(mut conn) = inner.idle.pop() {
@@ -556,7 +576,11 @@ impl Pool {
                     if held_by_shared_limit {
                         self.evict_idle_sibling();
                     }
-                    self.wait(rx, &settings, started).await?
+                    match self.wait(rx, &settings, started).await {
+                        // Sent back by a pause (`set_pause`): wait for RESUME.
+                        Err(CheckoutError::Closed) if self.is_paused() => continue,
+                        grant => grant?,
+                    }
                 }
             };
             match grant {
@@ -628,14 +652,14 @@ impl Pool {
         slot: Slot,
         settings: &PoolSettings,
     ) -> Result<Box<ServerConn>, CheckoutError> {
-        let (generation, recent_failure) = {
+        let (generation, generation_token, recent_failure) = {
             let inner = self.lock();
             let recent = inner
                 .last_failure
                 .as_ref()
                 .filter(|f| f.at.elapsed() < settings.server_login_retry)
                 .cloned();
-            (inner.generation, recent)
+            (inner.generation, self.control.generation_token(), recent)
         };
         if let Some(failure) = recent_failure {
             return Err(CheckoutError::LoginRetry {
@@ -708,6 +732,7 @@ impl Pool {
             prepared: ServerStatements::default(),
             generation,
             info,
+            _generation_token: generation_token,
             slot,
         }))
     }
@@ -797,6 +822,7 @@ impl Pool {
             }
         };
         drop(leftover);
+        pool.control.released();
     }
 
     /// Periodic upkeep: closes idle connections past `server_idle_timeout` or
@@ -828,6 +854,9 @@ impl Pool {
 
     /// Opens one connection for `min_pool_size` and parks it idle, if there is room.
     pub async fn open_spare(self: &Arc<Pool>) -> Result<(), CheckoutError> {
+        if self.is_paused() {
+            return Ok(());
+        }
         let settings = self.settings.load_full();
         let took = {
             let mut inner = self.lock();
