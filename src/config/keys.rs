@@ -7,7 +7,6 @@ pub const NOT_YET_EFFECTIVE_GENERAL_KEYS: &[(&str, &str)] = &[
     ("stats_period", "statistics are not collected yet"),
     ("log_stats", "statistics are not collected yet"),
     ("auth_hba_file", "auth_type = hba is not supported yet"),
-    ("metrics_listen", "Prometheus metrics are not available yet"),
     (
         "disable_pqexec",
         "multi-statement queries are always allowed",
