@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -142,11 +142,16 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
+
+/// A connection that has not sent a complete request head by then is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -418,4 +423,47 @@ fn register_pools(app: &App, registry: &mut Registry) {
         "Server connections a pool may open (pool_size or default_pool_size), without the reserve",
         size,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_errors_by_sqlstate_and_handshakes_by_side_and_result() {
+        let events = Events::default();
+        events.client_error(SqlState::INVALID_PASSWORD);
+        events.client_error(SqlState::INVALID_PASSWORD);
+        events.client_error(SqlState::TOO_MANY_CONNECTIONS);
+        assert_eq!(
+            events.client_errors(),
+            [("28P01".to_owned(), 2), ("53300".to_owned(), 1)]
+        );
+        events.tls_handshake(Side::Client, &Ok::<(), ()>(()));
+        events.tls_handshake(Side::Server, &Err::<(), ()>(()));
+        events.tls_handshake(Side::Server, &Err::<(), ()>(()));
+        assert_eq!(events.tls_handshakes(Side::Client), (1, 0));
+        assert_eq!(events.tls_handshakes(Side::Server), (0, 2));
+    }
+
+    #[test]
+    fn bind_is_off_without_metrics_listen_and_takes_star_for_every_ipv4_address() {
+        assert!(bind(&General::default()).unwrap().is_none());
+        let general = General {
+            metrics_listen: Some("*:0".into()),
+            ..General::default()
+        };
+        let listener = bind(&general).unwrap().expect("bound");
+        assert!(listener.local_addr().unwrap().ip().is_unspecified());
+        let general = General {
+            metrics_listen: Some("no-port".into()),
+            ..General::default()
+        };
+        let err = bind(&general).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot listen on metrics_listen = no-port: "),
+            "{err}"
+        );
+    }
 }
