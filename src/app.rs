@@ -2,7 +2,7 @@
 //! and the cancel map. Passed around as `Arc<App>`, so several instances can live in one
 //! process (tests). Touched at login, checkout and checkin, never per message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,8 @@ use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::process::Loaded;
+use crate::registry::{ClientInfo, Clients, Ends};
+use crate::stats::{Counters, Periods, Stat};
 use crate::tls::TlsSettings;
 
 /// Where the process is in its life.
@@ -46,6 +48,10 @@ pub struct App {
     pub auth_cache: SecretCache,
     /// Errors sent to clients and TLS handshakes, for metrics.
     pub events: Arc<crate::metrics::Events>,
+    /// Every connected client.
+    pub clients_registry: Clients,
+    /// Averages of the last `stats_period`.
+    pub stats_periods: Periods,
     state: watch::Sender<RunState>,
 }
 
@@ -53,10 +59,12 @@ pub struct App {
 #[derive(Debug)]
 pub struct ClientSlot {
     app: Arc<App>,
+    pub info: Arc<ClientInfo>,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
+        self.app.clients_registry.unregister(&self.info);
         if self.app.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.app.state.send_modify(|_| {});
         }
@@ -80,6 +88,8 @@ impl App {
             statement_totals: Default::default(),
             auth_cache: SecretCache::default(),
             events,
+            clients_registry: Clients::default(),
+            stats_periods: Periods::default(),
             state: watch::channel(RunState::Running).0,
         })
     }
@@ -100,10 +110,17 @@ impl App {
 
     /// Counts a new client; `Err` when `max_client_conn` clients are already connected. The
     /// refused client still gets its slot object so the caller can report the error.
-    pub fn admit_client(self: &Arc<App>) -> (ClientSlot, bool) {
+    pub fn admit_client(self: &Arc<App>, ends: Ends) -> (ClientSlot, bool) {
         let max = self.config.load().general.max_client_conn as usize;
         let before = self.clients.fetch_add(1, Ordering::AcqRel);
-        (ClientSlot { app: self.clone() }, before < max)
+        let info = self.clients_registry.register(ends);
+        (
+            ClientSlot {
+                app: self.clone(),
+                info,
+            },
+            before < max,
+        )
     }
 
     pub fn client_count(&self) -> usize {
@@ -187,6 +204,56 @@ impl App {
                 false
             }
         });
+    }
+
+    /// Statistics totals by database: every configured database (zero without traffic),
+    /// with the counters of departed clients and of connected ones.
+    pub fn database_totals(&self) -> BTreeMap<String, Counters> {
+        let mut totals: BTreeMap<String, Counters> = self
+            .config()
+            .databases
+            .keys()
+            .map(|name| (name.clone(), Counters::default()))
+            .collect();
+        // Under the registry lock: a client leaving moves its counters to its pool's totals
+        // while this lock is held, so nothing is counted twice or missed.
+        let clients = self.clients_registry.lock();
+        for pool in self.pools() {
+            totals
+                .entry(pool.key.database.clone())
+                .or_default()
+                .add(&pool.departed());
+        }
+        for info in clients.values() {
+            if let Some(pool) = info.login().and_then(|l| l.pool.as_ref()) {
+                totals
+                    .entry(pool.key.database.clone())
+                    .or_default()
+                    .add(&info.counters.snapshot());
+            }
+        }
+        totals
+    }
+
+    /// Computes the averages every `stats_period` and writes the `log_stats` lines.
+    pub async fn stats_periods_task(self: Arc<App>) {
+        self.stats_periods.roll(self.database_totals());
+        loop {
+            let period = self
+                .config()
+                .general
+                .stats_period
+                .max(Duration::from_secs(1));
+            tokio::time::sleep(period).await;
+            let averages = self.stats_periods.roll(self.database_totals());
+            if self.config().general.log_stats {
+                for (db, avg) in &averages {
+                    if avg.get(Stat::QueryCount) > 0 || avg.get(Stat::ServerAssignmentCount) > 0 {
+                        tracing::info!(database = %db, "{}", crate::stats::log_line(avg));
+                    }
+                }
+            }
+        }
     }
 
     /// Runs pool upkeep once a second until the process stops: idle and lifetime expiry, and

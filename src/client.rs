@@ -15,6 +15,7 @@ use crate::config::{AuthType, Config, Database, PoolMode, Secret, SslMode};
 use crate::pool::{CheckoutError, ParamValue, Pool};
 use crate::protocol::startup::{self, StartupPacket, StartupParams};
 use crate::protocol::{ErrorResponse, MAX_PRE_AUTH_MESSAGE, SqlState, TxStatus, build, frontend};
+use crate::registry::{ClientInfo, ClientLogin, tls_description};
 use crate::relay::Session;
 use crate::server::ServerConnectError;
 use crate::stream::{ReadError, Stream, read_message};
@@ -59,7 +60,8 @@ pub fn serve(
     slot: ClientSlot,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut admitted = Box::pin(login_with_timeout(app, stream, admitted)).await;
+        let info = slot.info.clone();
+        let mut admitted = Box::pin(login_with_timeout(app, stream, admitted, info)).await;
         match admitted.as_mut() {
             Some(Admitted::Session(session)) => session.run().await,
             // The console is rare: boxed, so that it does not enlarge every client's task.
@@ -78,11 +80,16 @@ pub enum Admitted {
 }
 
 /// Logs a client in within `client_login_timeout`; failures are reported and logged here.
-async fn login_with_timeout(app: Arc<App>, stream: Stream, admitted: bool) -> Option<Admitted> {
+async fn login_with_timeout(
+    app: Arc<App>,
+    stream: Stream,
+    admitted: bool,
+    info: Arc<ClientInfo>,
+) -> Option<Admitted> {
     let peer = stream.peer();
     let config = app.config();
     let timeout = config.general.client_login_timeout;
-    let login = login(&app, &config, stream, admitted, &peer);
+    let login = login(&app, &config, stream, admitted, &peer, info);
     let result = if timeout.is_zero() {
         login.await
     } else {
@@ -194,6 +201,7 @@ async fn login(
     stream: Stream,
     admitted: bool,
     peer: &str,
+    info: Arc<ClientInfo>,
 ) -> Result<Admitted, LoginError> {
     let (mut stream, params) = read_startup(app, stream).await?;
     let fatal = |code, msg: String| ErrorResponse::fatal(code, msg);
@@ -253,7 +261,7 @@ async fn login(
         }
     }
     if crate::config::ADMIN_DATABASES.contains(&dbname.as_str()) {
-        return admin_login(app, config, stream, &user, &dbname, peer).await;
+        return admin_login(app, config, stream, &user, &dbname, peer, info).await;
     }
     let Some(db) = config.database(&dbname) else {
         return Err(send_fatal(
@@ -302,6 +310,17 @@ async fn login(
         app.cancel.unregister(key);
         return Err(e.into());
     }
+    let application_name = wanted
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map_or("", |(_, v)| v.as_str());
+    info.logged_in(ClientLogin {
+        user: user.into(),
+        database: dbname.into(),
+        pool: Some(pool.clone()),
+        tls: tls_description(&stream),
+        application_name: application_name.into(),
+    });
     Ok(Admitted::Session(Session::new(
         app.clone(),
         stream,
@@ -309,8 +328,7 @@ async fn login(
         mode,
         server,
         key,
-        user,
-        dbname,
+        info,
         wanted,
     )))
 }
@@ -342,6 +360,7 @@ async fn admin_login(
     user: &str,
     dbname: &str,
     peer: &str,
+    info: Arc<ClientInfo>,
 ) -> Result<Admitted, LoginError> {
     let general = &config.general;
     let listed = |list: &[String]| list.iter().any(|u| u == user);
@@ -384,6 +403,13 @@ async fn admin_login(
     build::backend_key_data(&mut out, 0, 0);
     build::ready_for_query(&mut out, TxStatus::Idle);
     stream.send(&out).await?;
+    info.logged_in(ClientLogin {
+        user: user.into(),
+        database: dbname.into(),
+        pool: None,
+        tls: tls_description(&stream),
+        application_name: "".into(),
+    });
     let may_control = is_admin || same_os_user;
     Ok(Admitted::Console(Box::new(crate::admin::Console::new(
         app.clone(),
@@ -883,7 +909,7 @@ mod tests {
     async fn client_task_future_stays_small() {
         let (app, _dir) = test_app();
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
-        let (slot, admitted) = app.admit_client();
+        let (slot, admitted) = app.admit_client(crate::registry::Ends::default());
         let task = serve(app.clone(), Stream::Unix(a), admitted, slot);
         let size = std::mem::size_of_val(&task);
         eprintln!("client task future: {size} bytes");

@@ -130,8 +130,10 @@ fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool) {
 }
 
 fn start_client(app: &Arc<App>, stream: Stream) {
-    let (slot, admitted) = app.admit_client();
-    tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
+    let (slot, admitted) = app.admit_client(crate::registry::Ends::of(&stream));
+    let info = slot.info.clone();
+    let task = tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
+    crate::registry::Clients::set_abort(&info, task.abort_handle());
 }
 
 /// Accepts TCP clients until the process stops accepting.

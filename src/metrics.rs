@@ -26,6 +26,7 @@ use crate::app::{App, RunState};
 use crate::config::General;
 use crate::pool::PoolSettings;
 use crate::protocol::SqlState;
+use crate::stats::Stat;
 
 /// Which end of a TLS handshake pgberth was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +315,7 @@ fn register_all(app: &App, registry: &mut Registry) {
     );
 
     register_pools(app, registry);
+    register_databases(app, registry);
 
     let statements = app.statement_totals.snapshot();
     for (name, help, value) in [
@@ -375,25 +377,33 @@ fn register_pools(app: &App, registry: &mut Registry) {
     let size = Family::<Labels, Gauge>::default();
     let mut pools = app.pools();
     pools.sort_by(|a, b| a.key.cmp(&b.key));
+    let waits = crate::admin::connections::longest_waits(app);
     for pool in &pools {
         let labels = pool_labels(&pool.key.database, &pool.key.user);
         let counts = pool.counts();
-        let logged_in = pool.client_count();
+        let clients_in = pool.client_count();
+        let servers_in = pool.servers().len();
         clients
             .get_or_create(&with_state(labels.clone(), "active"))
-            .set(logged_in.saturating_sub(counts.waiting) as i64);
+            .set(clients_in.saturating_sub(counts.waiting) as i64);
         clients
             .get_or_create(&with_state(labels.clone(), "waiting"))
             .set(counts.waiting as i64);
         servers
             .get_or_create(&with_state(labels.clone(), "active"))
-            .set(counts.open.saturating_sub(counts.idle) as i64);
+            .set(servers_in.saturating_sub(counts.idle) as i64);
         servers
             .get_or_create(&with_state(labels.clone(), "idle"))
             .set(counts.idle as i64);
+        servers
+            .get_or_create(&with_state(labels.clone(), "login"))
+            .set(counts.open.saturating_sub(servers_in) as i64);
         waiting.get_or_create(&labels).set(counts.waiting as i64);
-        // The pool does not record when its waiters started waiting yet.
-        max_wait.get_or_create(&labels).set(0.0);
+        let waited_us = waits
+            .get(&(Arc::as_ptr(pool) as usize))
+            .copied()
+            .unwrap_or(0);
+        max_wait.get_or_create(&labels).set(waited_us as f64 / 1e6);
         size.get_or_create(&labels)
             .set(pool.settings().pool_size as i64);
     }
@@ -404,7 +414,7 @@ fn register_pools(app: &App, registry: &mut Registry) {
     );
     registry.register(
         "pool_servers",
-        "Server connections of a pool: active (lent to a client, or opening) or idle",
+        "Server connections of a pool: active (lent to a client), idle, or login (being opened)",
         servers,
     );
     registry.register(
@@ -423,6 +433,91 @@ fn register_pools(app: &App, registry: &mut Registry) {
         "Server connections a pool may open (pool_size or default_pool_size), without the reserve",
         size,
     );
+}
+
+/// Per-database counters, PgBouncer's SHOW STATS totals (clients that left and connected
+/// ones), in base units: bytes, and seconds for PgBouncer's microseconds.
+fn register_databases(app: &App, registry: &mut Registry) {
+    let totals = app.database_totals();
+    for stat in Stat::ALL {
+        let (name, unit, help) = database_metric(stat);
+        let labels = |db: &str| vec![("database", db.to_owned())];
+        match unit {
+            Some(Unit::Seconds) => {
+                let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+                for (db, counters) in &totals {
+                    family
+                        .get_or_create(&labels(db))
+                        .inc_by(counters.get(stat) as f64 / 1e6);
+                }
+                registry.register_with_unit(name, help, Unit::Seconds, family);
+            }
+            unit => {
+                let family = Family::<Labels, Counter>::default();
+                for (db, counters) in &totals {
+                    family.get_or_create(&labels(db)).inc_by(counters.get(stat));
+                }
+                match unit {
+                    Some(unit) => registry.register_with_unit(name, help, unit, family),
+                    None => registry.register(name, help, family),
+                }
+            }
+        }
+    }
+}
+
+/// The metric (without prefix, unit and `_total`), its unit and its help for a statistic.
+fn database_metric(stat: Stat) -> (&'static str, Option<Unit>, &'static str) {
+    match stat {
+        Stat::XactCount => (
+            "database_transactions",
+            None,
+            "Transactions pooled (a statement outside a transaction block counts as one)",
+        ),
+        Stat::QueryCount => (
+            "database_queries",
+            None,
+            "Queries pooled: Query messages and extended-protocol Syncs",
+        ),
+        Stat::ServerAssignmentCount => (
+            "database_server_assignments",
+            None,
+            "Times a server connection was assigned to a client",
+        ),
+        Stat::Received => (
+            "database_received",
+            Some(Unit::Bytes),
+            "Bytes received from clients",
+        ),
+        Stat::Sent => ("database_sent", Some(Unit::Bytes), "Bytes sent to clients"),
+        Stat::XactTime => (
+            "database_transaction",
+            Some(Unit::Seconds),
+            "Time spent in transactions, idle in transaction included",
+        ),
+        Stat::QueryTime => (
+            "database_query",
+            Some(Unit::Seconds),
+            "Time spent waiting for the server's answers to queries",
+        ),
+        Stat::WaitTime => (
+            "database_wait",
+            Some(Unit::Seconds),
+            "Time clients spent waiting for a server connection",
+        ),
+        Stat::ClientParseCount => (
+            "database_client_parses",
+            None,
+            "Parse messages received from clients",
+        ),
+        Stat::ServerParseCount => (
+            "database_server_parses",
+            None,
+            "Parse messages sent to servers, pgberth's own included",
+        ),
+        Stat::BindCount => ("database_binds", None, "Bind messages relayed"),
+        Stat::ClientLoginCount => ("database_client_logins", None, "Clients that logged in"),
+    }
 }
 
 #[cfg(test)]

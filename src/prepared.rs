@@ -260,6 +260,7 @@ impl ClientState {
             rest = after;
         }
         self.stage.clear();
+        self.rewriter.counts.client_parses += parses.len() as u64;
         for (name, after_name) in parses {
             let stmt = self.registry.intern(after_name);
             self.statements.by_name.insert(name.into(), stmt);
@@ -278,6 +279,8 @@ impl ClientState {
             return false;
         };
         self.stage.clear();
+        // The client's Parses go again, but the client sent them once.
+        let client_parses = self.rewriter.counts.client_parses;
         let rewritten = self.rewriter.client(
             &input,
             &self.registry,
@@ -287,6 +290,7 @@ impl ClientState {
             max_message,
             &mut self.stage,
         );
+        self.rewriter.counts.client_parses = client_parses;
         rewritten.is_ok() && !self.stage.is_empty()
     }
 
@@ -349,6 +353,7 @@ impl Totals {
             prepared: self.prepared.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            client_parses: 0,
         }
     }
 }
@@ -362,6 +367,8 @@ pub struct Counts {
     pub reused: u64,
     /// Statements closed on a server connection to stay within `max_prepared_statements`.
     pub evicted: u64,
+    /// Parse messages the client sent (taken by the relay for SHOW STATS, not summed here).
+    pub client_parses: u64,
 }
 
 /// What to do with one ParseComplete the server will send.
@@ -608,6 +615,7 @@ impl Rewriter {
                 self.epochs_sent += 1;
             }
             frontend::PARSE => {
+                self.counts.client_parses += 1;
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
                 if let Some((text, _)) = split_cstr(after_name) {
                     self.inspect_parsed(&String::from_utf8_lossy(text), client);

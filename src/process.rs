@@ -159,6 +159,7 @@ async fn serve(
         tokio::spawn(listener::accept_unix(app.clone(), l, path));
     }
     tokio::spawn(app.clone().maintenance());
+    tokio::spawn(app.clone().stats_periods_task());
     if let Some(l) = metrics {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Runtime)?;

@@ -7,6 +7,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use crate::pool::{ParamValue, Pool, ServerConn};
 use crate::prepared::{ClientState, ParamChange, Rewriting};
 use crate::protocol::scan::Scanner;
 use crate::protocol::{ErrorResponse, FrameError, SqlState, TxStatus, backend, frontend};
+use crate::registry::{ClientInfo, ClientState as Activity};
+use crate::stats::{Stat, now_us};
 use crate::stream::Stream;
 
 /// A logged-in client.
@@ -33,8 +36,8 @@ pub struct Session {
     /// Transaction status of the held server connection at the last ReadyForQuery.
     status: TxStatus,
     key: ClientKey,
-    user: Box<str>,
-    database: Box<str>,
+    /// The client's registry entry: names, state and statistics counters.
+    info: Arc<ClientInfo>,
     /// Startup parameters the client asked for, applied to every server connection it gets.
     wanted_params: Box<[(String, ParamValue)]>,
     /// Named prepared statements, in transaction and statement mode (created at first use).
@@ -75,8 +78,7 @@ impl Session {
         mode: PoolMode,
         server: Option<Box<ServerConn>>,
         key: ClientKey,
-        user: String,
-        database: String,
+        info: Arc<ClientInfo>,
         wanted_params: Vec<(String, String)>,
     ) -> Session {
         pool.count_client(true);
@@ -88,8 +90,7 @@ impl Session {
             server: None,
             status: TxStatus::Idle,
             key,
-            user: user.into(),
-            database: database.into(),
+            info,
             wanted_params: wanted_params
                 .iter()
                 .map(|(k, v)| (k.clone(), ParamValue::Plain(v.clone())))
@@ -98,12 +99,23 @@ impl Session {
         };
         let mut session = session;
         if let Some(conn) = server {
+            session.info.counters.bump(Stat::ServerAssignmentCount, 1);
             session.hold(conn);
         }
         session
     }
 
+    fn database(&self) -> &str {
+        self.info.names().0
+    }
+
+    fn user(&self) -> &str {
+        self.info.names().1
+    }
+
     fn hold(&mut self, conn: Box<ServerConn>) {
+        self.info.link.store(conn.id.0, Ordering::Relaxed);
+        conn.info.set_holder(self.info.id);
         self.app.cancel.set_target(
             self.key,
             Some(CancelTarget {
@@ -120,6 +132,7 @@ impl Session {
     /// instead when `server_reset_query_always` wants it reset first (`finish_clean`).
     fn release(&mut self) -> Option<Box<ServerConn>> {
         self.app.cancel.set_target(self.key, None);
+        self.info.link.store(0, Ordering::Relaxed);
         let conn = self.server.take()?;
         let settings = self.pool.settings();
         if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
@@ -132,6 +145,7 @@ impl Session {
     /// Closes the server connection: its state is unknown or broken.
     fn discard_server(&mut self) {
         self.app.cancel.set_target(self.key, None);
+        self.info.link.store(0, Ordering::Relaxed);
         self.server = None;
     }
 
@@ -139,6 +153,7 @@ impl Session {
     /// common case (an idle connection with matching parameters) awaits nothing; the rest is
     /// boxed so that it does not enlarge every client's task.
     async fn checkout(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+        self.info.counters.bump(Stat::ServerAssignmentCount, 1);
         let idle = self.pool.try_checkout_idle();
         if let Some(conn) = &idle
             && conn.params_match(&self.wanted_params)
@@ -156,7 +171,7 @@ impl Session {
         loop {
             let mut conn = match idle.take() {
                 Some(conn) => conn,
-                None => self.pool.checkout().await?,
+                None => self.wait_for_server().await?,
             };
             let timeout = self.pool.settings().server_connect_timeout;
             match conn.apply_params(&self.wanted_params, timeout).await {
@@ -168,10 +183,24 @@ impl Session {
                     ));
                 }
                 Err(e) => {
-                    tracing::info!(database = %self.database, "closing server connection: setting parameters failed: {e}")
+                    tracing::info!(database = %self.database(), "closing server connection: setting parameters failed: {e}")
                 }
             }
         }
+    }
+
+    /// Checks out from the pool, waiting if need be, with the client shown as waiting and the
+    /// time it waited counted.
+    async fn wait_for_server(&self) -> Result<Box<ServerConn>, crate::pool::CheckoutError> {
+        let since = now_us();
+        self.info.wait_since_us.store(since, Ordering::Relaxed);
+        self.info.set_state(Activity::Waiting);
+        let result = self.pool.checkout().await;
+        self.info.set_state(Activity::Active);
+        self.info
+            .counters
+            .bump(Stat::WaitTime, now_us().saturating_sub(since));
+        result
     }
 
     /// Creates the client's statement state at its first transaction in a mode that tracks
@@ -192,6 +221,15 @@ impl Session {
         let Some(state) = self.statements.as_deref_mut() else {
             return false;
         };
+        self.info
+            .prepared
+            .store(state.statements.len() as u64, Ordering::Relaxed);
+        let client_parses = std::mem::take(&mut state.rewriter.counts.client_parses);
+        if client_parses > 0 {
+            self.info
+                .counters
+                .bump(Stat::ClientParseCount, client_parses);
+        }
         self.app.statement_totals.absorb(&mut state.rewriter.counts);
         let changes = std::mem::take(&mut state.rewriter.confirmed_changes);
         let unknown = std::mem::take(&mut state.rewriter.server_state_unknown);
@@ -260,12 +298,12 @@ impl Session {
             Some(err) => {
                 self.app.events.client_error(err.code);
                 if config.general.log_pooler_errors {
-                    tracing::warn!(database = %self.database, user = %self.user, "closing client: {}", err.message);
+                    tracing::warn!(database = %self.database(), user = %self.user(), "closing client: {}", err.message);
                 }
                 let _ = self.client.send(&err.to_bytes()).await;
             }
             None if config.general.log_disconnections => {
-                tracing::info!(database = %self.database, user = %self.user, "client closed the connection");
+                tracing::info!(database = %self.database(), user = %self.user(), "client closed the connection");
             }
             None => {}
         }
@@ -285,7 +323,7 @@ impl Session {
             )
             .await;
             if let Err(e) = result {
-                tracing::info!(database = %self.database, user = %self.user, "closing server connection: server_reset_query failed: {e}");
+                tracing::info!(database = %self.database(), user = %self.user(), "closing server connection: server_reset_query failed: {e}");
                 return;
             }
             conn.params_were_reset();
@@ -311,7 +349,7 @@ impl Session {
             let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
             let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
             if self.server.is_none() {
-                match pump.read_client_now(&mut self.client) {
+                match pump.read_client_now(&mut self.client, &self.info) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(Outcome::ClientLeft { .. }) => return None,
@@ -337,12 +375,12 @@ impl Session {
                 match self.checkout().await {
                     Ok(conn) => self.hold(conn),
                     Err(e) => {
-                        let db = self.app.config().database(&self.database);
+                        let db = self.app.config().database(self.database());
                         return Some(match db {
                             Some(db) => crate::client::checkout_error(&db, e),
                             None => ErrorResponse::fatal(
                                 SqlState::UNKNOWN_DATABASE,
-                                format!("database \"{}\" was removed", self.database),
+                                format!("database \"{}\" was removed", self.database()),
                             ),
                         });
                     }
@@ -360,7 +398,7 @@ impl Session {
                     }
                     _ => None,
                 };
-                if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut()) {
+                if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut(), &self.info) {
                     outcome
                 } else {
                     pump.run(
@@ -369,6 +407,7 @@ impl Session {
                         self.mode,
                         timers,
                         rewriting,
+                        &self.info,
                     )
                     .await
                 }
@@ -398,7 +437,7 @@ impl Session {
                         SqlState::CONNECTION_FAILURE,
                         format!(
                             "server connection for database \"{}\" was lost: {e}",
-                            self.database
+                            self.database()
                         ),
                     ));
                 }
@@ -580,8 +619,12 @@ impl Pump {
     }
 
     /// Reads what the client has sent without waiting; `Ok(false)` when nothing was there.
-    fn read_client_now(&mut self, client: &mut Stream) -> Result<bool, Outcome> {
-        match client.read_now(&mut self.cbuf) {
+    fn read_client_now(&mut self, client: &mut Stream, info: &ClientInfo) -> Result<bool, Outcome> {
+        let read = client.read_now(&mut self.cbuf);
+        if let Ok(Some(n)) = read {
+            info.counters.bump(Stat::Received, n as u64);
+        }
+        match read {
             Ok(Some(0)) => Err(Outcome::ClientLeft { clean: true }),
             Ok(Some(n)) if self.rewrite => {
                 // Processed once a server connection is held; a lone Terminate needs none.
@@ -592,7 +635,7 @@ impl Pump {
                 Ok(true)
             }
             Ok(Some(n)) => {
-                self.client_bytes(n, None)?;
+                self.client_bytes(n, None, info)?;
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -601,10 +644,14 @@ impl Pump {
     }
 
     /// Processes what `read_client_now` read before the server connection was checked out.
-    fn process_first_chunk(&mut self, rw: Option<&mut Rewriting<'_>>) -> Result<(), Outcome> {
+    fn process_first_chunk(
+        &mut self,
+        rw: Option<&mut Rewriting<'_>>,
+        info: &ClientInfo,
+    ) -> Result<(), Outcome> {
         let n = std::mem::take(&mut self.unprocessed) as usize;
         if n > 0 {
-            self.client_bytes(n, rw)
+            self.client_bytes(n, rw, info)
         } else {
             Ok(())
         }
@@ -612,8 +659,14 @@ impl Pump {
 
     /// Takes `n` bytes the client sent into `cbuf`: rewrites them into `stage` when prepared
     /// statements are tracked, then counts what needs an answer and cuts off a Terminate.
-    fn client_bytes(&mut self, n: usize, rw: Option<&mut Rewriting<'_>>) -> Result<(), Outcome> {
+    fn client_bytes(
+        &mut self,
+        n: usize,
+        rw: Option<&mut Rewriting<'_>>,
+        info: &ClientInfo,
+    ) -> Result<(), Outcome> {
         self.staged = false;
+        let rewriting = rw.is_some();
         let mut stage: &[u8] = &[];
         if let Some(rw) = rw {
             rw.client
@@ -631,6 +684,8 @@ impl Pump {
             &mut self.torn_terminate,
         );
         let (syncs, copy_in) = (&mut self.syncs_since_execute, &mut self.copy_in);
+        let pending_before = *pending;
+        let (mut parses, mut binds) = (0u64, 0u64);
         self.cscan
             .feed(data, self.max_client_message as usize, |m| match m.tag {
                 frontend::QUERY | frontend::FUNCTION_CALL => {
@@ -656,14 +711,35 @@ impl Pump {
                         cut = Some(0);
                     }
                 },
-                frontend::PARSE
-                | frontend::BIND
-                | frontend::DESCRIBE
-                | frontend::CLOSE
-                | frontend::FLUSH => *unsynced = true,
+                frontend::PARSE => {
+                    parses += 1;
+                    *unsynced = true;
+                }
+                frontend::BIND => {
+                    binds += 1;
+                    *unsynced = true;
+                }
+                frontend::DESCRIBE | frontend::CLOSE | frontend::FLUSH => *unsynced = true,
                 _ => {}
             })
             .map_err(Outcome::ClientProtocol)?;
+        if pending_before == 0 && self.pending > 0 {
+            // A request starts: the query (and, outside one, the transaction) clock runs.
+            let now = now_us();
+            info.request_us.store(now, Ordering::Relaxed);
+            if info.xact_start_us.load(Ordering::Relaxed) == 0 {
+                info.xact_start_us.store(now, Ordering::Relaxed);
+            }
+        }
+        if parses > 0 {
+            info.counters.bump(Stat::ServerParseCount, parses);
+            if !rewriting {
+                info.counters.bump(Stat::ClientParseCount, parses);
+            }
+        }
+        if binds > 0 {
+            info.counters.bump(Stat::BindCount, binds);
+        }
         self.coff = 0;
         self.clen = n as u32;
         if let Some(cut) = cut {
@@ -673,8 +749,9 @@ impl Pump {
         Ok(())
     }
 
-    fn server_bytes(&mut self, n: usize) -> Result<(), Outcome> {
+    fn server_bytes(&mut self, n: usize, info: &ClientInfo) -> Result<(), Outcome> {
         let (pending, status) = (&mut self.pending, &mut self.status);
+        let (mut answers, mut xacts_ended) = (0u64, 0u64);
         let (unsynced, syncs, copy_in) = (
             &mut self.unsynced,
             &mut self.syncs_since_execute,
@@ -685,6 +762,8 @@ impl Pump {
                 backend::READY_FOR_QUERY => {
                     *pending = pending.saturating_sub(1);
                     *status = TxStatus::from_byte(m.first_byte).unwrap_or(TxStatus::Failed);
+                    answers += 1;
+                    xacts_ended += u64::from(*status == TxStatus::Idle);
                 }
                 backend::COPY_IN_RESPONSE => {
                     // Syncs the client pipelined after the Execute that started this COPY
@@ -699,9 +778,35 @@ impl Pump {
                 _ => {}
             })
             .map_err(Outcome::ServerProtocol)?;
+        if answers > 0 {
+            self.count_answers(info, answers, xacts_ended);
+        }
         self.soff = 0;
         self.slen = n as u32;
         Ok(())
+    }
+
+    /// Counts ReadyForQuery answers as queries, and those that end a transaction as
+    /// transactions, with their times (PgBouncer's definitions).
+    fn count_answers(&self, info: &ClientInfo, answers: u64, xacts_ended: u64) {
+        let now = now_us();
+        let counters = &info.counters;
+        counters.bump(Stat::QueryCount, answers);
+        if self.pending == 0 {
+            let started = info.request_us.load(Ordering::Relaxed);
+            counters.bump(Stat::QueryTime, now.saturating_sub(started));
+        }
+        if xacts_ended > 0 {
+            counters.bump(Stat::XactCount, xacts_ended);
+            let started = info.xact_start_us.load(Ordering::Relaxed);
+            if started != 0 {
+                counters.bump(Stat::XactTime, now.saturating_sub(started));
+            }
+            // A transaction still open after the last answer started with its request.
+            let open = self.status != TxStatus::Idle;
+            info.xact_start_us
+                .store(if open { now } else { 0 }, Ordering::Relaxed);
+        }
     }
 
     /// Nothing in flight in either direction and the server between transactions.
@@ -732,12 +837,14 @@ impl Pump {
         mode: PoolMode,
         timers: Timers,
         mut rw: Option<Rewriting<'a>>,
+        info: &'a ClientInfo,
     ) -> impl Future<Output = Outcome> + Send + 'a {
         async move {
             if !timers.enabled() {
-                return poll_fn(|cx| self.poll(cx, client, server, mode, false, &mut rw)).await;
+                return poll_fn(|cx| self.poll(cx, client, server, mode, false, &mut rw, info))
+                    .await;
             }
-            Box::pin(self.run_timed(client, server, mode, timers, rw)).await
+            Box::pin(self.run_timed(client, server, mode, timers, rw, info)).await
         }
     }
 
@@ -749,10 +856,11 @@ impl Pump {
         mode: PoolMode,
         timers: Timers,
         mut rw: Option<Rewriting<'_>>,
+        info: &ClientInfo,
     ) -> Outcome {
         loop {
             let deadline = self.deadline(timers);
-            let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true, &mut rw));
+            let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true, &mut rw, info));
             match deadline {
                 None => return relay.await,
                 Some((at, _)) => {
@@ -791,6 +899,8 @@ impl Pump {
 
     /// Moves bytes both ways until something ends the stretch. Every step is a single
     /// non-blocking read or write, so this is safe to drop and poll again at any time.
+    // Every argument is a borrow the relay loop needs; bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -799,6 +909,7 @@ impl Pump {
         mode: PoolMode,
         timed: bool,
         rw: &mut Option<Rewriting<'_>>,
+        info: &ClientInfo,
     ) -> Poll<Outcome> {
         loop {
             let mut progress = false;
@@ -812,7 +923,8 @@ impl Pump {
                         if n == 0 {
                             return Poll::Ready(self.client_left());
                         }
-                        if let Err(outcome) = self.client_bytes(n, rw.as_mut()) {
+                        info.counters.bump(Stat::Received, n as u64);
+                        if let Err(outcome) = self.client_bytes(n, rw.as_mut(), info) {
                             return Poll::Ready(outcome);
                         }
                         if timed {
@@ -899,7 +1011,8 @@ impl Pump {
                             }
                             None => n,
                         };
-                        if let Err(outcome) = self.server_bytes(n) {
+                        info.counters.bump(Stat::Sent, n as u64);
+                        if let Err(outcome) = self.server_bytes(n, info) {
                             return Poll::Ready(outcome);
                         }
                         if timed {

@@ -138,6 +138,23 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// Polls `/metrics` until `series` satisfies `ok`; returns the value.
+    async fn wait_until(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.scrape();
+            if let Some(v) = sample(&text, series).filter(|v| ok(*v)) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("{series} did not reach the expected value within {WAIT:?}:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -175,6 +192,7 @@ async fn pool_gauges_show_active_and_waiting_clients_and_server_connections_afte
     assert_eq!(value(&pool_series("pgberth_pool_clients", "waiting")), 0.0);
     assert_eq!(value(&pool_series("pgberth_pool_servers", "active")), 1.0);
     assert_eq!(value(&pool_series("pgberth_pool_servers", "idle")), 1.0);
+    assert_eq!(value(&pool_series("pgberth_pool_servers", "login")), 0.0);
     let pool = "{database=\"app\",user=\"scram_user\"}";
     assert_eq!(value(&format!("pgberth_pool_clients_waiting{pool}")), 0.0);
     assert_eq!(value(&format!("pgberth_pool_max_wait_seconds{pool}")), 0.0);
@@ -221,6 +239,12 @@ async fn pool_gauges_count_a_client_waiting_for_a_full_pool() {
             1.0,
         )
         .await;
+    instance
+        .wait_until(
+            "pgberth_pool_max_wait_seconds{database=\"app\",user=\"scram_user\"}",
+            |v| v > 0.0,
+        )
+        .await;
     holder.batch_execute("COMMIT").await.unwrap();
     query
         .await
@@ -258,6 +282,53 @@ async fn prepared_statement_counters_follow_a_named_statement() {
         instance.sample("pgberth_prepared_statements_evicted_total"),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn database_counters_follow_logins_transactions_queries_parses_binds_and_bytes() {
+    let instance = start(APP_LINE, "");
+    let db = "{database=\"app\"}";
+    let series = |name: &str| format!("pgberth_database_{name}{db}");
+    assert_eq!(instance.sample(&series("transactions_total")), Some(0.0));
+    let client = instance
+        .pgberth
+        .connect(SCRAM_USER, SCRAM_PASS, APP_DB)
+        .await;
+    for _ in 0..3 {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    client
+        .batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT")
+        .await
+        .unwrap();
+    let statement = client.prepare("SELECT $1::int").await.unwrap();
+    client.query_one(&statement, &[&7i32]).await.unwrap();
+    drop(client);
+    // The client has left: its counters are in the pool's totals.
+    instance
+        .wait_for_sample(&series("client_logins_total"), 1.0)
+        .await;
+    let value = |name: &str| {
+        instance
+            .sample(&series(name))
+            .unwrap_or_else(|| panic!("no {}", series(name)))
+    };
+    // 3 single statements, one BEGIN…COMMIT block, the prepare (Parse, Describe, Sync) and
+    // the execution (Bind, Execute, Sync).
+    assert_eq!(value("transactions_total"), 6.0);
+    assert_eq!(value("queries_total"), 6.0);
+    assert_eq!(value("client_parses_total"), 1.0);
+    assert_eq!(value("server_parses_total"), 1.0);
+    assert_eq!(value("binds_total"), 1.0);
+    assert!(value("server_assignments_total") >= 1.0);
+    assert!(value("received_bytes_total") > 0.0);
+    assert!(value("sent_bytes_total") > value("received_bytes_total"));
+    assert!(
+        value("transaction_seconds_total") >= 0.01,
+        "pg_sleep(0.01) ran in a transaction"
+    );
+    assert!(value("query_seconds_total") >= 0.01);
+    assert!(value("wait_seconds_total") >= 0.0);
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! Columns of the SHOW commands follow PgBouncer's documented names and order, so that its
 //! exporters and scripts work (`show.rs`).
 
+pub(crate) mod connections;
 mod show;
+mod stats;
 
 use std::sync::Arc;
 

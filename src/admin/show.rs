@@ -27,6 +27,12 @@ pub(crate) fn table(app: &App, what: &str) -> Option<Table> {
         "lists" => lists(app),
         "state" => state(app),
         "config" => config(app),
+        "stats" => super::stats::stats(app),
+        "stats_totals" => super::stats::one_kind(app, false),
+        "stats_averages" => super::stats::one_kind(app, true),
+        "totals" => super::stats::totals(app),
+        "clients" => super::connections::clients(app),
+        "servers" => super::connections::servers(app),
         _ => return None,
     })
 }
@@ -58,11 +64,17 @@ fn pools(app: &App) -> Table {
     ];
     let mut pools = app.pools();
     pools.sort_by(|a, b| a.key.cmp(&b.key));
+    let waits = super::connections::longest_waits(app);
     let rows = pools
         .iter()
         .map(|pool| {
+            let maxwait = waits
+                .get(&(std::sync::Arc::as_ptr(pool) as usize))
+                .copied()
+                .unwrap_or(0);
             let counts = pool.counts();
             let clients = pool.client_count();
+            let logged_in = pool.servers().len();
             let mode = config
                 .database(&pool.key.database)
                 .map(|db| config.pool_mode_for(&db, &pool.key.user).to_string())
@@ -74,15 +86,15 @@ fn pools(app: &App) -> Table {
                 num(counts.waiting),
                 num(0),
                 num(0),
-                num(counts.open.saturating_sub(counts.idle)),
+                num(logged_in.saturating_sub(counts.idle)),
                 num(0),
                 num(0),
                 num(counts.idle),
                 num(0),
                 num(0),
-                num(0),
-                num(0),
-                num(0),
+                num(counts.open.saturating_sub(logged_in)),
+                num(maxwait / 1_000_000),
+                num(maxwait % 1_000_000),
                 mode,
                 String::new(),
             ]

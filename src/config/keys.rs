@@ -4,8 +4,6 @@
 /// `[pgbouncer]` keys pgberth parses and keeps but whose feature it does not have yet, with
 /// the reason shown in the warning.
 pub const NOT_YET_EFFECTIVE_GENERAL_KEYS: &[(&str, &str)] = &[
-    ("stats_period", "statistics are not collected yet"),
-    ("log_stats", "statistics are not collected yet"),
     ("auth_hba_file", "auth_type = hba is not supported yet"),
     (
         "disable_pqexec",

@@ -8,7 +8,7 @@
 mod limit;
 mod settings;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ pub use settings::PoolSettings;
 
 use crate::config::Secret;
 use crate::prepared::ServerStatements;
+use crate::registry::ServerInfo;
 use crate::server::{self, ServerConnectError, ServerPassword};
 use crate::stream::Stream;
 
@@ -71,7 +72,15 @@ pub struct ServerConn {
     /// Named statements pgberth prepared here for clients in transaction and statement mode.
     pub prepared: ServerStatements,
     generation: u64,
+    /// What SHOW SERVERS shows of it.
+    pub info: Arc<ServerInfo>,
     slot: Slot,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        self.slot.pool.servers_lock().remove(&self.id.0);
+    }
 }
 
 impl ServerConn {
@@ -252,6 +261,10 @@ pub struct Pool {
     user_limit: Arc<Limit>,
     /// Clients logged in to this pool (for the admin console).
     clients: std::sync::atomic::AtomicUsize,
+    /// Statistics of clients that have left (connected ones keep their own).
+    departed: Mutex<crate::stats::Counters>,
+    /// Logged-in server connections, idle or in use (SHOW SERVERS).
+    servers: Mutex<HashMap<u64, Arc<ServerInfo>>>,
 }
 
 /// Counts shown by the admin console and metrics.
@@ -276,6 +289,8 @@ impl Pool {
             db_limit,
             user_limit,
             clients: Default::default(),
+            departed: Mutex::default(),
+            servers: Mutex::default(),
         });
         pool.db_limit.add_member(Arc::downgrade(&pool));
         pool.user_limit.add_member(Arc::downgrade(&pool));
@@ -321,6 +336,33 @@ impl Pool {
         } else {
             self.clients.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    fn servers_lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ServerInfo>>> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The logged-in server connections, idle or in use.
+    pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
+        self.servers_lock().values().cloned().collect()
+    }
+
+    /// The pool's current generation: connections of an older one close when released.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Adds a departing client's statistics to the pool's totals.
+    pub fn add_departed(&self, counters: &crate::stats::Counters) {
+        self.departed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(counters);
+    }
+
+    /// The statistics of the clients that have left this pool.
+    pub fn departed(&self) -> crate::stats::Counters {
+        *self.departed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn counts(&self) -> PoolCounts {
@@ -647,6 +689,18 @@ impl Pool {
         let login_params: Arc<[(String, String)]> = logged_in.params.into();
         self.lock().params = Some(login_params.clone());
         tracing::debug!(server = id.0, pool = %self.key.database, user = %self.key.user, "server connection opened to {}", settings.target.describe());
+        let application_name = login_params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map_or("", |(_, v)| v.as_str());
+        let info = Arc::new(ServerInfo::new(
+            id.0,
+            &logged_in.stream,
+            logged_in.backend_pid,
+            application_name,
+            generation,
+        ));
+        self.servers_lock().insert(id.0, info.clone());
         Ok(Box::new(ServerConn {
             stream: logged_in.stream,
             id,
@@ -658,6 +712,7 @@ impl Pool {
             set_params: Vec::new(),
             prepared: ServerStatements::default(),
             generation,
+            info,
             slot,
         }))
     }
@@ -709,6 +764,10 @@ impl Pool {
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
     pub fn checkin(mut conn: Box<ServerConn>) {
+        conn.info.set_holder(0);
+        conn.info
+            .prepared
+            .store(conn.prepared.len() as u64, Ordering::Relaxed);
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
         conn.last_used = Instant::now();

@@ -401,11 +401,13 @@ fn totals_add_up_clients_counts_and_reset_them() {
         prepared: 2,
         reused: 1,
         evicted: 0,
+        client_parses: 0,
     };
     let mut b = Counts {
         prepared: 1,
         reused: 0,
         evicted: 3,
+        client_parses: 0,
     };
     totals.absorb(&mut a);
     totals.absorb(&mut b);
@@ -414,7 +416,8 @@ fn totals_add_up_clients_counts_and_reset_them() {
         Counts {
             prepared: 3,
             reused: 1,
-            evicted: 3
+            evicted: 3,
+            client_parses: 0,
         }
     );
     assert_eq!(a, Counts::default());
