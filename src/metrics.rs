@@ -210,6 +210,7 @@ pub async fn not_ready(app: &App) -> Vec<String> {
     let config = app.config();
     let pools = app.pools();
     let tls = app.tls();
+    let mut reasons = Vec::new();
     let mut probes = tokio::task::JoinSet::new();
     for (index, db) in config.databases.values().enumerate() {
         let of_db: Vec<_> = pools.iter().filter(|p| p.key.database == db.name).collect();
@@ -221,7 +222,7 @@ pub async fn not_ready(app: &App) -> Vec<String> {
                 "database \"{}\": last server login failed: {failure}",
                 db.name
             );
-            probes.spawn(async move { (index, Some(reason)) });
+            reasons.push((index, reason));
             continue;
         }
         let user = db.user.clone().unwrap_or_default();
@@ -239,12 +240,10 @@ pub async fn not_ready(app: &App) -> Vec<String> {
             (index, reason)
         });
     }
-    let mut reasons: Vec<(usize, String)> = probes
-        .join_all()
-        .await
-        .into_iter()
-        .filter_map(|(i, reason)| reason.map(|r| (i, r)))
-        .collect();
+    for (index, reason) in probes.join_all().await {
+        reasons.extend(reason.map(|r| (index, r)));
+    }
+    // In the config's order of databases.
     reasons.sort();
     reasons.into_iter().map(|(_, r)| r).collect()
 }
