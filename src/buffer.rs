@@ -3,12 +3,17 @@
 //! nothing.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Size of one relay buffer; a message larger than this streams through in pieces.
 pub const BUFFER_SIZE: usize = 16 * 1024;
 
 /// Buffers kept per worker thread for reuse.
 const FREE_LIST_MAX: usize = 256;
+
+/// Buffers in existence: held by clients relaying, or in a free list (SHOW MEM). Changed only
+/// when a buffer is allocated or freed, never when one is reused.
+pub static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -21,9 +26,10 @@ pub struct Buffer(Option<Box<[u8]>>);
 impl Buffer {
     pub fn take() -> Buffer {
         let reused = FREE.with(|f| f.borrow_mut().pop());
-        Buffer(Some(
-            reused.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice()),
-        ))
+        Buffer(Some(reused.unwrap_or_else(|| {
+            ALLOCATED.fetch_add(1, Ordering::Relaxed);
+            vec![0u8; BUFFER_SIZE].into_boxed_slice()
+        })))
     }
 }
 
@@ -47,6 +53,8 @@ impl Drop for Buffer {
                 let mut free = f.borrow_mut();
                 if free.len() < FREE_LIST_MAX {
                     free.push(buf);
+                } else {
+                    ALLOCATED.fetch_sub(1, Ordering::Relaxed);
                 }
             });
         }

@@ -63,6 +63,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Statements some client still has prepared (SHOW MEM).
+    pub fn live(&self) -> usize {
+        let map = self.by_body.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// The statement for this Parse body (query, parameter count and types), shared by every
     /// client that prepares the same text.
     pub fn intern(&self, body_after_name: &[u8]) -> Arc<Statement> {

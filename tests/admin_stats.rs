@@ -273,3 +273,52 @@ async fn a_client_waiting_for_a_server_shows_in_clients_pools_and_wait_time() {
         "the wait is counted in microseconds"
     );
 }
+
+#[tokio::test]
+async fn mem_fds_sockets_and_dns_views_answer_with_pgbouncers_shapes() {
+    let pgberth = Pgberth::start(&ini(3, 60), USERLIST);
+    let holder = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    holder.simple_query("BEGIN").await.unwrap();
+    holder.simple_query("SELECT 1").await.unwrap();
+    let idle = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
+
+    let (columns, rows) = show(&admin, "SHOW MEM").await;
+    assert_eq!(columns, ["name", "size", "used", "free", "memtotal"]);
+    // Two application clients and the console.
+    assert_eq!(value(&columns, &rows, "client_info", "used"), 3);
+    assert_eq!(value(&columns, &rows, "server_info", "used"), 2);
+    assert!(value(&columns, &rows, "relay_buffer", "used") >= 2);
+
+    let (columns, rows) = show(&admin, "SHOW FDS").await;
+    assert_eq!(
+        columns,
+        split("fd, task, user, database, addr, port, cancel, link")
+    );
+    assert!(rows.is_empty());
+
+    let (columns, rows) = show(&admin, "SHOW SOCKETS").await;
+    assert_eq!(
+        columns,
+        split(
+            "type, user, database, state, addr, port, local_addr, local_port, connect_time, \
+             request_time, wait, wait_us, close_needed, ptr, link, remote_pid, tls, recv_pos, \
+             pkt_pos, pkt_remain, send_pos, send_remain, pkt_avail, send_avail"
+        )
+    );
+    let kinds = |rows: &[Vec<String>], kind: &str| rows.iter().filter(|r| r[0] == kind).count();
+    assert_eq!(kinds(&rows, "C"), 3);
+    assert_eq!(kinds(&rows, "S"), 2);
+    let (active_columns, active) = show(&admin, "SHOW ACTIVE_SOCKETS").await;
+    assert_eq!(active_columns, columns);
+    // Only the client in its transaction and its server connection move data now.
+    assert_eq!(kinds(&active, "C"), 1, "{active:?}");
+    assert_eq!(kinds(&active, "S"), 1, "{active:?}");
+
+    let (columns, rows) = show(&admin, "SHOW DNS_HOSTS").await;
+    assert_eq!(columns, ["hostname", "ttl", "addrs"]);
+    assert!(rows.is_empty());
+    let (columns, _) = show(&admin, "SHOW DNS_ZONES").await;
+    assert_eq!(columns, ["zonename", "serial", "count"]);
+}

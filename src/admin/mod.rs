@@ -4,6 +4,7 @@
 //! exporters and scripts work (`show.rs`).
 
 pub(crate) mod connections;
+mod resources;
 mod show;
 mod stats;
 

@@ -33,6 +33,12 @@ pub(crate) fn table(app: &App, what: &str) -> Option<Table> {
         "totals" => super::stats::totals(app),
         "clients" => super::connections::clients(app),
         "servers" => super::connections::servers(app),
+        "mem" => super::resources::mem(app),
+        "fds" => super::resources::fds(),
+        "sockets" => super::resources::sockets(app, false),
+        "active_sockets" => super::resources::sockets(app, true),
+        "dns_hosts" => super::resources::dns_hosts(),
+        "dns_zones" => super::resources::dns_zones(),
         _ => return None,
     })
 }
