@@ -701,10 +701,10 @@ fn metrics_listen_that_cannot_be_bound_stops_start_up_naming_the_key() {
     );
 }
 
-#[tokio::test]
-async fn grafana_dashboard_queries_only_metrics_pgberth_exports() {
+/// The names of every metric family, from a scrape after traffic and a failed login
+/// (families without samples are not exposed).
+async fn every_exported_name() -> BTreeSet<String> {
     let instance = start(APP_LINE, "");
-    // Families without samples are not exposed: give every labelled one a sample first.
     let client = instance
         .pgberth
         .connect(SCRAM_USER, SCRAM_PASS, APP_DB)
@@ -717,7 +717,29 @@ async fn grafana_dashboard_queries_only_metrics_pgberth_exports() {
     instance
         .wait_for_sample("pgberth_client_errors_total{sqlstate=\"28P01\"}", 1.0)
         .await;
-    let exported = exported_names(&instance.scrape());
+    exported_names(&instance.scrape())
+}
+
+#[tokio::test]
+async fn readme_lists_exactly_the_metrics_pgberth_exports() {
+    let exported = every_exported_name().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let listed: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `pgberth_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("pgberth_{name}"))
+        .collect();
+    assert_eq!(
+        listed, exported,
+        "README's metric table against a real scrape"
+    );
+}
+
+#[tokio::test]
+async fn grafana_dashboard_queries_only_metrics_pgberth_exports() {
+    let exported = every_exported_name().await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/pgberth.json");
     let text = std::fs::read_to_string(path).expect("read contrib/grafana/pgberth.json");
     let dashboard: serde_json::Value =
