@@ -297,6 +297,7 @@ impl Session {
         let config = self.app.config();
         match reason {
             Some(err) => {
+                self.app.events.client_error(err.code);
                 if config.general.log_pooler_errors {
                     tracing::warn!(database = %self.database(), user = %self.user(), "closing client: {}", err.message);
                 }
