@@ -46,6 +46,8 @@ pub struct App {
     pub statement_totals: crate::prepared::Totals,
     /// Secrets found by `auth_query`, kept for a short while.
     pub auth_cache: SecretCache,
+    /// Errors sent to clients and TLS handshakes, for metrics.
+    pub events: Arc<crate::metrics::Events>,
     /// Every connected client.
     pub clients_registry: Clients,
     /// Averages of the last `stats_period`.
@@ -72,7 +74,9 @@ impl Drop for ClientSlot {
 }
 
 impl App {
-    pub fn new(loaded: Loaded) -> Arc<App> {
+    pub fn new(mut loaded: Loaded) -> Arc<App> {
+        let events = Arc::new(crate::metrics::Events::default());
+        loaded.tls.events = events.clone();
         Arc::new(App {
             config: ArcSwap::from_pointee(loaded.config),
             tls: ArcSwap::from_pointee(loaded.tls),
@@ -85,6 +89,7 @@ impl App {
             statements: Arc::default(),
             statement_totals: Default::default(),
             auth_cache: SecretCache::default(),
+            events,
             clients_registry: Clients::default(),
             stats_periods: Periods::default(),
             control: Default::default(),
@@ -180,7 +185,8 @@ impl App {
 
     /// Swaps in a new, already validated config. Pools keep their connections unless their
     /// server target or password changed; pools of removed databases are closed.
-    pub fn reload(&self, loaded: Loaded) {
+    pub fn reload(&self, mut loaded: Loaded) {
+        loaded.tls.events = self.events.clone();
         let new = Arc::new(loaded.config);
         let tls = Arc::new(loaded.tls);
         self.tls.store(tls.clone());

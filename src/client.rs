@@ -97,6 +97,9 @@ async fn login_with_timeout(
             .await
             .unwrap_or(Err(LoginError::Timeout))
     };
+    if let Err(LoginError::Reported(e)) = &result {
+        app.events.client_error(e.code);
+    }
     match result {
         Ok(admitted) => return Some(admitted),
         Err(LoginError::Cancel) => {}
@@ -143,7 +146,9 @@ async fn read_startup(
                     (Stream::Tcp(mut tcp), Some(config)) => {
                         tcp.write_all(b"S").await?;
                         let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                        let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+                        let tls = acceptor.accept(tcp).await;
+                        app.events.tls_handshake(crate::metrics::Side::Client, &tls);
+                        let tls = tls.map_err(LoginError::Tls)?;
                         Stream::TlsFromClient(Box::new(tls))
                     }
                     (mut other, _) => {

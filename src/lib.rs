@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod prepared;
 pub mod process;

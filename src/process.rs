@@ -57,6 +57,8 @@ pub enum RunError {
     Hba(#[from] crate::auth::hba::HbaError),
     #[error("auth_type = hba needs auth_hba_file")]
     HbaWithoutFile,
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::BindError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -96,6 +98,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let loaded = load_config(&options.config_path)?;
     let config = &loaded.config;
     let bound = listener::bind(&config.general)?;
+    let metrics = crate::metrics::bind(&config.general)?;
     if let Some(user) = options.user.clone().or(config.general.user.clone()) {
         switch_user(&user)?;
     }
@@ -130,7 +133,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .build()
         .map_err(RunError::Runtime)?;
     let pidfile = config.general.pidfile.clone();
-    let result = runtime.block_on(serve(options.config_path.clone(), loaded, bound));
+    let result = runtime.block_on(serve(options.config_path.clone(), loaded, bound, metrics));
     runtime.shutdown_background();
     if let Some(pidfile) = pidfile {
         let _ = std::fs::remove_file(pidfile);
@@ -140,7 +143,12 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 
 /// Serves clients from already bound sockets until SIGTERM, or SIGINT and the last client
 /// leaving.
-async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(), RunError> {
+async fn serve(
+    config_path: PathBuf,
+    loaded: Loaded,
+    bound: Bound,
+    metrics: Option<std::net::TcpListener>,
+) -> Result<(), RunError> {
     let app = App::new(loaded);
     let mut unix_path = None;
     for l in bound.tcp {
@@ -157,6 +165,12 @@ async fn serve(config_path: PathBuf, loaded: Loaded, bound: Bound) -> Result<(),
     }
     tokio::spawn(app.clone().maintenance());
     tokio::spawn(app.clone().stats_periods_task());
+    if let Some(l) = metrics {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Runtime)?;
+        tracing::info!("metrics and health probes on http://{addr}/metrics, /health, /ready");
+        tokio::spawn(crate::metrics::serve(app.clone(), l));
+    }
 
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
@@ -225,6 +239,9 @@ pub fn reload(app: &App, path: &Path) {
                 tracing::warn!(
                     "listen_addr, listen_port and unix_socket_dir take effect only at restart"
                 );
+            }
+            if old.general.metrics_listen != new.general.metrics_listen {
+                tracing::warn!("metrics_listen takes effect only at restart");
             }
             app.reload(loaded);
             tracing::info!("configuration reloaded from {}", path.display());

@@ -297,6 +297,7 @@ impl Session {
         let config = self.app.config();
         match reason {
             Some(err) => {
+                self.app.events.client_error(err.code);
                 if config.general.log_pooler_errors {
                     tracing::warn!(database = %self.database(), user = %self.user(), "closing client: {}", err.message);
                 }
@@ -539,6 +540,15 @@ impl Timers {
 
     fn enabled(&self) -> bool {
         !self.query_timeout.is_zero() || !self.idle_transaction_timeout.is_zero()
+    }
+
+    /// The shortest of the enabled relay timeouts.
+    fn shortest(&self) -> Duration {
+        [self.query_timeout, self.idle_transaction_timeout]
+            .into_iter()
+            .filter(|t| !t.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -859,20 +869,21 @@ impl Pump {
         info: &ClientInfo,
     ) -> Outcome {
         loop {
-            let deadline = self.deadline(timers);
+            // With no timeout running now (a query in flight with only
+            // idle_transaction_timeout set, say), one may start as the relay goes on: look
+            // again after the shortest configured timeout.
+            let at = match self.deadline(timers) {
+                Some((at, _)) => at,
+                None => Instant::now() + timers.shortest(),
+            };
             let relay = poll_fn(|cx| self.poll(cx, client, server, mode, true, &mut rw, info));
-            match deadline {
-                None => return relay.await,
-                Some((at, _)) => {
-                    if let Ok(outcome) = tokio::time::timeout_at(at.into(), relay).await {
-                        return outcome;
-                    }
-                    if let Some((at, outcome)) = self.deadline(timers)
-                        && at <= Instant::now()
-                    {
-                        return outcome;
-                    }
-                }
+            if let Ok(outcome) = tokio::time::timeout_at(at.into(), relay).await {
+                return outcome;
+            }
+            if let Some((at, outcome)) = self.deadline(timers)
+                && at <= Instant::now()
+            {
+                return outcome;
             }
         }
     }

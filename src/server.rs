@@ -141,6 +141,8 @@ async fn bounded<T>(
 pub struct ServerTls {
     pub mode: SslMode,
     pub config: Option<Arc<rustls::ClientConfig>>,
+    /// Where handshakes are counted (metrics).
+    pub events: Arc<crate::metrics::Events>,
 }
 
 impl PartialEq for ServerTls {
@@ -155,6 +157,7 @@ impl ServerTls {
         ServerTls {
             mode: SslMode::Disable,
             config: None,
+            events: Arc::default(),
         }
     }
 }
@@ -182,7 +185,10 @@ async fn negotiate_tls(
             let name = crate::tls::server_name(&target.host)
                 .map_err(|e| ServerConnectError::Tls(e.to_string()))?;
             let connector = tokio_rustls::TlsConnector::from(config.clone());
-            let stream = connector.connect(name, tcp).await.map_err(|e| {
+            let stream = connector.connect(name, tcp).await;
+            tls.events
+                .tls_handshake(crate::metrics::Side::Server, &stream);
+            let stream = stream.map_err(|e| {
                 ServerConnectError::Tls(format!(
                     "TLS handshake with {} failed (server_tls_sslmode = {}): {e}",
                     target.describe(),

@@ -57,6 +57,8 @@ pub struct TlsSettings {
     pub server_mode: SslMode,
     /// Present unless `server_tls_sslmode = disable`.
     pub connector: Option<Arc<rustls::ClientConfig>>,
+    /// Where server-side TLS handshakes are counted: the instance's `App::events`.
+    pub events: Arc<crate::metrics::Events>,
 }
 
 impl TlsSettings {
@@ -75,6 +77,7 @@ impl TlsSettings {
             acceptor,
             server_mode: general.server_tls_sslmode,
             connector,
+            events: Arc::default(),
         })
     }
 
@@ -85,6 +88,7 @@ impl TlsSettings {
             acceptor: None,
             server_mode: SslMode::Disable,
             connector: None,
+            events: Arc::default(),
         }
     }
 }

@@ -463,3 +463,48 @@ pool_mode = {mode}
         );
     }
 }
+
+#[tokio::test]
+async fn idle_transaction_timeout_closes_a_client_idle_in_a_transaction_with_25p03() {
+    let pgberth = Pgberth::start(
+        &ini(
+            "scram-sha-256",
+            "pool_mode = transaction\nidle_transaction_timeout = 0.3",
+        ),
+        USERLIST,
+    );
+    let client = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    client.simple_query("BEGIN").await.unwrap();
+    // Idle in the transaction well past the timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let err = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the client was closed");
+    // The 25P03 error arrived while the client was not waiting for an answer: tokio-postgres
+    // reports the closed connection; the log has the cause.
+    assert!(err.is_closed(), "{err}");
+    pgberth.wait_for_log("idle_transaction_timeout", HANG);
+    // Others are served.
+    let other = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    other.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn query_timeout_closes_a_client_whose_query_runs_too_long_with_57014() {
+    let pgberth = Pgberth::start(
+        &ini(
+            "scram-sha-256",
+            "pool_mode = transaction\nquery_timeout = 0.3",
+        ),
+        USERLIST,
+    );
+    let client = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    let err = client
+        .simple_query("SELECT pg_sleep(3)")
+        .await
+        .expect_err("the query was cut off");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let other = pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await;
+    other.simple_query("SELECT 1").await.unwrap();
+}

@@ -4,7 +4,7 @@
 //! exporters and scripts work (`show.rs`). The control commands (PAUSE, RESUME, SUSPEND,
 //! DISABLE, ENABLE, RECONNECT, WAIT_CLOSE, SHUTDOWN, SET) are in `control.rs`.
 
-mod connections;
+pub(crate) mod connections;
 mod control;
 mod resources;
 mod show;

@@ -99,7 +99,8 @@ pub struct General {
     pub user: Option<String>,
     /// pgberth: runtime worker threads; 0 = one per CPU.
     pub workers: usize,
-    /// pgberth: `host:port` for Prometheus metrics and health probes; `None` = off.
+    /// pgberth: `host:port` for Prometheus metrics and health probes (`*:port` = every IPv4
+    /// address); `None` = off. Bound at start-up; a reload does not move it.
     pub metrics_listen: Option<String>,
 }
 

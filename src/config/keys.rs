@@ -5,7 +5,6 @@
 /// the reason shown in the warning.
 pub const NOT_YET_EFFECTIVE_GENERAL_KEYS: &[(&str, &str)] = &[
     ("auth_hba_file", "auth_type = hba is not supported yet"),
-    ("metrics_listen", "Prometheus metrics are not available yet"),
     (
         "disable_pqexec",
         "multi-statement queries are always allowed",

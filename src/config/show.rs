@@ -17,6 +17,7 @@ const RESTART_ONLY: &[&str] = &[
     "logfile",
     "workers",
     "so_reuseport",
+    "metrics_listen",
 ];
 
 fn secs(d: Duration) -> String {

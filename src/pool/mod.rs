@@ -382,6 +382,11 @@ impl Pool {
         }
     }
 
+    /// Why the last attempt to open a server connection failed, unless one succeeded since.
+    pub fn last_login_failure(&self) -> Option<String> {
+        self.lock().last_failure.as_ref().map(|f| f.message.clone())
+    }
+
     /// ParameterStatus values a server of this pool reported, if one has logged in.
     pub fn server_params(&self) -> Option<Arc<[(String, String)]>> {
         self.lock().params.clone()

@@ -99,6 +99,7 @@ impl PoolSettings {
             tls: ServerTls {
                 mode: tls.server_mode,
                 config: tls.connector.clone(),
+                events: tls.events.clone(),
             },
             scram_passthrough,
             pool_size: db.pool_size.unwrap_or(g.default_pool_size) as usize,
