@@ -486,8 +486,16 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago. Picked at random below the kernel's
+/// ephemeral range (32768 and up), so that an outgoing connection cannot take it before the
+/// caller binds it, and two callers rarely pick the same one.
 pub fn free_port() -> Result<u16, ClusterError> {
+    for _ in 0..100 {
+        let port = rand::random_range(20_000..32_000);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ClusterError::io(
         "could not bind 127.0.0.1:0 to find a free port",
     ))?;

@@ -237,7 +237,7 @@ async fn user_pgbouncer_over_the_unix_socket_as_the_same_os_user_needs_no_passwo
     );
     let (client, conn) = tokio_postgres::connect(&socket, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pgberth.log_contents()));
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
     tokio::spawn(conn);
     let (columns, _) = show(&client, "SHOW POOLS").await;
     assert_eq!(columns[0], "database");

@@ -417,7 +417,7 @@ async fn startup_parameter_in_track_extra_parameters_is_carried_to_the_server() 
 
 #[tokio::test]
 async fn unreachable_server_gets_08006_naming_the_cause_and_a_log_line() {
-    let closed = pgberth::cluster::free_port().expect("a free port");
+    let (_held, closed) = support::closed_port();
     for mode in ["session", "transaction"] {
         let pgberth = Pgberth::start(
             &format!(

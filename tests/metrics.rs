@@ -640,7 +640,7 @@ async fn ready_is_200_when_every_database_is_reachable() {
 
 #[tokio::test]
 async fn ready_is_503_naming_a_database_whose_server_does_not_listen() {
-    let closed_port = free_port().unwrap();
+    let (_held, closed_port) = support::closed_port();
     let databases = format!("{APP_LINE}\ngone = host=127.0.0.1 port={closed_port} dbname=app");
     let instance = start(&databases, "");
     let response = get(instance.metrics_port, "/ready");

@@ -377,7 +377,7 @@ fn assert_one_line_error(out: &Output, address: &str) {
 
 #[test]
 fn top_once_against_a_port_nobody_listens_on_exits_non_zero_with_one_line() {
-    let port = pgberth::cluster::free_port().expect("free port");
+    let (_held, port) = support::closed_port();
     let out = top(
         &[&format!("host=127.0.0.1 port={port} sslmode=disable")],
         None,

@@ -42,7 +42,8 @@ impl Pgberth {
         let ini = dir.path().join("pgberth.ini");
         let userlist_path = dir.path().join("userlist.txt");
         let subst = |body: &str| substitute(body, port, dir.path());
-        std::fs::write(&ini, subst(ini_body)).expect("write pgberth.ini");
+        let ini_text = subst(ini_body);
+        std::fs::write(&ini, &ini_text).expect("write pgberth.ini");
         std::fs::write(&userlist_path, subst(userlist)).expect("write userlist.txt");
 
         let log = File::create(dir.path().join("pgberth.log")).expect("create pgberth.log");
@@ -61,11 +62,13 @@ impl Pgberth {
             dir,
             ini,
         };
-        pgberth.wait_listening();
+        pgberth.wait_listening(unix_socket_path(&ini_text, port).as_deref());
         pgberth
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits until pgberth accepts connections on its TCP port and, when it has one, on its
+    /// unix socket (bound just after the TCP listeners, so the TCP port alone is not enough).
+    fn wait_listening(&mut self, unix: Option<&Path>) {
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll pgberth") {
@@ -76,7 +79,9 @@ impl Pgberth {
                 );
             }
             let addr = (Ipv4Addr::LOCALHOST, self.port).into();
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && unix.is_none_or(|path| std::os::unix::net::UnixStream::connect(path).is_ok())
+            {
                 return;
             }
             if Instant::now() > deadline {
@@ -259,4 +264,15 @@ fn substitute(body: &str, port: u16, dir: &Path) -> String {
         .replace("@PGSOCKET@", &cluster.socket_dir().display().to_string())
         .replace("@PORT@", &port.to_string())
         .replace("@DIR@", &dir.display().to_string())
+}
+
+/// The unix socket an ini sets up (`unix_socket_dir`, when not empty), for `port`.
+fn unix_socket_path(ini_text: &str, port: u16) -> Option<std::path::PathBuf> {
+    ini_text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        if key.trim() != "unix_socket_dir" || value.trim().is_empty() {
+            return None;
+        }
+        Some(Path::new(value.trim()).join(format!(".s.PGSQL.{port}")))
+    })
 }

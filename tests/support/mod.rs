@@ -91,3 +91,19 @@ pub fn conn_str(port: u16, user: &str, password: &str, db: &str) -> String {
         q(db)
     )
 }
+
+/// A loopback port where nothing listens, and where nothing else can start listening while the
+/// returned socket lives: it is bound but not listening, so connections are refused.
+pub fn closed_port() -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any_port.into()).expect("bind a loopback port");
+    let port = socket
+        .local_addr()
+        .expect("its address")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    (socket, port)
+}
