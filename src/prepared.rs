@@ -41,6 +41,8 @@ const COMMAND_COMPLETE: u8 = b'C';
 #[derive(Debug)]
 pub struct Statement {
     pub id: u64,
+    /// The server-side name, `pgberth_<id>`.
+    name: Box<str>,
     /// The complete Parse message that prepares it under its server-side name.
     parse: Box<[u8]>,
     /// For a statement prepared with SQL `PREPARE`: what follows the name (`[(types)] AS
@@ -50,8 +52,8 @@ pub struct Statement {
 
 impl Statement {
     /// The server-side name, `pgberth_<id>`.
-    pub fn server_name(&self) -> String {
-        format!("pgberth_{}", self.id)
+    pub fn server_name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -91,6 +93,7 @@ impl Registry {
         parse[1..5].copy_from_slice(&len.to_be_bytes());
         let stmt = Arc::new(Statement {
             id,
+            name: name.into(),
             parse: parse.into(),
             sql_rest: None,
         });
@@ -112,6 +115,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stmt = Arc::new(Statement {
             id,
+            name: format!("pgberth_{id}").into(),
             parse: Box::new([]),
             sql_rest: Some(rest.into()),
         });
@@ -254,7 +258,7 @@ impl ClientState {
                     let text = split_cstr(after_name).map(|(t, _)| t).unwrap_or_default();
                     if name.is_empty()
                         || self.statements.by_name.contains_key(name)
-                        || mentions_session_state(&String::from_utf8_lossy(text))
+                        || mentions_session_state(text)
                     {
                         return false;
                     }
@@ -609,8 +613,13 @@ impl Rewriter {
         match tag {
             frontend::QUERY => {
                 let (text, _) = split_cstr(body).ok_or(FrameError::Malformed("Query"))?;
-                let text = String::from_utf8_lossy(text);
-                match self.query(&text, registry, client, server, max_prepared, out) {
+                let rewritten = if mentions_session_state(text) {
+                    let text = String::from_utf8_lossy(text);
+                    self.query(&text, registry, client, server, max_prepared, out)
+                } else {
+                    None
+                };
+                match rewritten {
                     Some(rewritten) => {
                         let start = build::begin(out, frontend::QUERY);
                         build::cstr(out, &rewritten);
@@ -624,7 +633,9 @@ impl Rewriter {
                 self.counts.client_parses += 1;
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
                 if let Some((text, _)) = split_cstr(after_name) {
-                    self.inspect_parsed(&String::from_utf8_lossy(text), client);
+                    if mentions_session_state(text) {
+                        self.inspect_parsed(&String::from_utf8_lossy(text), client);
+                    }
                 }
                 if name.is_empty() {
                     self.expect_parse(false, None);
@@ -730,9 +741,6 @@ impl Rewriter {
         max_prepared: usize,
         out: &mut Vec<u8>,
     ) -> Option<String> {
-        if !mentions_session_state(query) {
-            return None;
-        }
         let mut edit = QueryEdit::default();
         let mut changes = Vec::new();
         let mut deallocate_all = false;
@@ -867,9 +875,6 @@ impl Rewriter {
     /// A statement parsed with the extended protocol that changes session state cannot be
     /// tracked (it runs at Execute, maybe many times): the connection is closed afterwards.
     fn inspect_parsed(&mut self, query: &str, client: &mut ClientStatements) {
-        if !mentions_session_state(query) {
-            return;
-        }
         for statement in crate::sql::statements(query) {
             match statement {
                 Sql::Set { .. }
@@ -1023,7 +1028,10 @@ impl Rewriter {
                     bytes[have as usize..have as usize + take]
                         .copy_from_slice(&chunk[read..read + take]);
                     if !drop {
-                        chunk.copy_within(read..read + take, write);
+                        // Nothing dropped so far (the common case): the bytes are in place.
+                        if write != read {
+                            chunk.copy_within(read..read + take, write);
+                        }
                         write += take;
                     }
                     read += take;
@@ -1055,7 +1063,9 @@ impl Rewriter {
                         }
                     }
                     if !drop {
-                        chunk.copy_within(read..read + take, write);
+                        if write != read {
+                            chunk.copy_within(read..read + take, write);
+                        }
                         write += take;
                     }
                     read += take;
@@ -1247,8 +1257,9 @@ fn is_stale_plan_error(body: &[u8]) -> bool {
 }
 
 /// A cheap test before lexing a query: could it change session state? One pass over the
-/// text, comparing words only where their first letter appears.
-fn mentions_session_state(text: &str) -> bool {
+/// bytes, comparing only at the start of a word (after a byte that cannot be part of an
+/// identifier), and only words whose first letter starts one of the keywords.
+fn mentions_session_state(text: &[u8]) -> bool {
     const WORDS: [&[u8]; 7] = [
         b"set",
         b"discard",
@@ -1258,17 +1269,26 @@ fn mentions_session_state(text: &str) -> bool {
         b"rollback",
         b"abort",
     ];
-    let bytes = text.as_bytes();
-    bytes.iter().enumerate().any(|(i, b)| {
+    let mut word_start = true;
+    for (i, &b) in text.iter().enumerate() {
+        let starts_here = word_start;
+        word_start = !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80);
+        if !starts_here {
+            continue;
+        }
         let first = b.to_ascii_lowercase();
-        matches!(first, b's' | b'd' | b'p' | b'e' | b'r' | b'a')
+        if matches!(first, b's' | b'd' | b'p' | b'e' | b'r' | b'a')
             && WORDS.iter().any(|word| {
                 word[0] == first
-                    && bytes
+                    && text
                         .get(i..i + word.len())
                         .is_some_and(|w| w.eq_ignore_ascii_case(word))
             })
-    })
+        {
+            return true;
+        }
+    }
+    false
 }
 
 enum Keep {

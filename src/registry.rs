@@ -248,7 +248,7 @@ pub struct ServerInfo {
     state: AtomicU8,
     /// The client holding it (its id), 0 for none.
     pub link: AtomicU64,
-    /// [`now_us`] when it was last handed to or returned by a client.
+    /// [`now_us`] when a client last returned it.
     pub request_us: AtomicU64,
     /// Statements pgberth has prepared on it.
     pub prepared: AtomicU64,
@@ -286,15 +286,17 @@ impl ServerInfo {
         }
     }
 
-    /// Marks it held by client `client` (0: back in the pool).
-    pub fn set_holder(&self, client: u64) {
-        let state = if client == 0 {
-            ServerState::Idle
-        } else {
-            ServerState::Active
-        };
-        self.state.store(state as u8, Ordering::Relaxed);
+    /// Marks it held by client `client`.
+    pub fn held_by(&self, client: u64) {
+        self.state.store(ServerState::Active as u8, Ordering::Relaxed);
         self.link.store(client, Ordering::Relaxed);
-        self.request_us.store(now_us(), Ordering::Relaxed);
+    }
+
+    /// Marks it back in the pool at `at_us` ([`now_us`] time), with `prepared` statements.
+    pub fn released(&self, at_us: u64, prepared: usize) {
+        self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
+        self.link.store(0, Ordering::Relaxed);
+        self.request_us.store(at_us, Ordering::Relaxed);
+        self.prepared.store(prepared as u64, Ordering::Relaxed);
     }
 }

@@ -117,7 +117,7 @@ impl Session {
 
     fn hold(&mut self, conn: Box<ServerConn>) {
         self.info.link.store(conn.id.0, Ordering::Relaxed);
-        conn.info.set_holder(self.info.id);
+        conn.info.held_by(self.info.id);
         self.app.cancel.set_target(
             self.key,
             Some(CancelTarget {

@@ -188,6 +188,11 @@ pub fn now_us() -> u64 {
     CLOCK_START.0.elapsed().as_micros() as u64 + 1
 }
 
+/// An `Instant` as a [`now_us`] reading (no clock read).
+pub fn us_at(instant: Instant) -> u64 {
+    instant.saturating_duration_since(CLOCK_START.0).as_micros() as u64 + 1
+}
+
 /// The wall-clock time of a [`now_us`] reading.
 pub fn wall_time(us: u64) -> SystemTime {
     CLOCK_START.1 + Duration::from_micros(us.saturating_sub(1))

@@ -109,8 +109,10 @@ impl ServerConn {
 
     /// An idle connection may be handed out: not retired by a reload, not past
     /// `server_lifetime`, and nothing arrived from the server while it was idle.
-    fn reusable(&mut self, generation: u64, settings: &PoolSettings) -> bool {
-        self.generation == generation && !settings.lifetime_over(self) && self.quiet_while_idle()
+    fn reusable(&mut self, generation: u64, settings: &PoolSettings, now: Instant) -> bool {
+        self.generation == generation
+            && !settings.lifetime_over(self, now)
+            && self.quiet_while_idle()
     }
 
     /// True when the connection is known to have `name` set to `value`.
@@ -506,6 +508,7 @@ impl Pool {
             return None;
         }
         let settings = self.settings.load();
+        let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
             let mut inner = self.lock();
@@ -513,9 +516,9 @@ impl Pool {
                 let Some(mut conn) = inner.idle.pop() else {
                     break None;
                 };
-                if !conn.reusable(inner.generation, &settings) {
+                if !conn.reusable(inner.generation, &settings, now) {
                     stale.push(conn);
-                } else if conn.last_used.elapsed() >= settings.server_check_delay
+                } else if now.saturating_duration_since(conn.last_used) >= settings.server_check_delay
                     && !settings.server_check_query.is_empty()
                 {
                     inner.idle.push(conn);
@@ -527,7 +530,7 @@ impl Pool {
         };
         drop(stale);
         let mut conn = found?;
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         Some(conn)
     }
 
@@ -554,7 +557,7 @@ impl Pool {
                 }
                 let mut found = None;
                 while let Some(mut conn) = inner.idle.pop() {
-                    if !conn.reusable(inner.generation, &settings) {
+                    if !conn.reusable(inner.generation, &settings, Instant::now()) {
                         stale.push(conn);
                     } else {
                         found = Some(conn);
@@ -789,20 +792,18 @@ impl Pool {
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
     pub fn checkin(mut conn: Box<ServerConn>) {
-        conn.info.set_holder(0);
-        conn.info
-            .prepared
-            .store(conn.prepared.len() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        conn.info.released(crate::stats::us_at(now), conn.prepared.len());
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         let pool_needs_room = pool.sibling_needs_room();
         let leftover = {
             let mut inner = pool.lock();
             let too_many = inner.open > settings.pool_size + settings.reserve_pool;
             if inner.closed
                 || conn.generation != inner.generation
-                || settings.lifetime_over(&conn)
+                || settings.lifetime_over(&conn, now)
                 || too_many
             {
                 Some(conn)
@@ -843,7 +844,7 @@ impl Pool {
             for mut conn in inner.idle.drain(..) {
                 let idle_too_long = !settings.server_idle_timeout.is_zero()
                     && now.duration_since(conn.last_used) >= settings.server_idle_timeout;
-                if idle_too_long || !conn.reusable(generation, &settings) {
+                if idle_too_long || !conn.reusable(generation, &settings, now) {
                     expired.push(conn);
                 } else {
                     kept.push(conn);

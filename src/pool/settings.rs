@@ -123,9 +123,9 @@ impl PoolSettings {
 
     /// `server_lifetime`: a connection older than this is closed instead of reused; zero
     /// means a connection is used only once.
-    pub fn lifetime_over(&self, conn: &ServerConn) -> bool {
+    pub fn lifetime_over(&self, conn: &ServerConn, now: Instant) -> bool {
         self.server_lifetime.is_zero()
-            || Instant::now().duration_since(conn.connected_at) >= self.server_lifetime
+            || now.saturating_duration_since(conn.connected_at) >= self.server_lifetime
     }
 }
 

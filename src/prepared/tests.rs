@@ -459,3 +459,29 @@ fn a_stale_plan_error_outside_a_transaction_is_hidden_and_the_exchange_kept_for_
     ])]);
     assert_eq!(tags(&back), ["E", "Z"]);
 }
+
+#[test]
+fn session_state_words_are_found_at_word_starts_only() {
+    for text in [
+        "SET search_path = x",
+        "select 1;set x = 1",
+        "/* c */SET x TO 1",
+        "UPDATE t SET a = 1",
+        "DISCARD ALL",
+        "ROLLBACK",
+        "PREPARE p AS SELECT 1",
+        "EXECUTE p",
+        "DEALLOCATE p",
+        "abort",
+    ] {
+        assert!(mentions_session_state(text.as_bytes()), "{text}");
+    }
+    for text in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "SELECT reset_count, dataset FROM t",
+        "INSERT INTO assets VALUES (1)",
+        "SELECT $1::int4",
+    ] {
+        assert!(!mentions_session_state(text.as_bytes()), "{text}");
+    }
+}
