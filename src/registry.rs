@@ -288,7 +288,8 @@ impl ServerInfo {
 
     /// Marks it held by client `client`.
     pub fn held_by(&self, client: u64) {
-        self.state.store(ServerState::Active as u8, Ordering::Relaxed);
+        self.state
+            .store(ServerState::Active as u8, Ordering::Relaxed);
         self.link.store(client, Ordering::Relaxed);
     }
 

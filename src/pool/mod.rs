@@ -518,7 +518,8 @@ impl Pool {
                 };
                 if !conn.reusable(inner.generation, &settings, now) {
                     stale.push(conn);
-                } else if now.saturating_duration_since(conn.last_used) >= settings.server_check_delay
+                } else if now.saturating_duration_since(conn.last_used)
+                    >= settings.server_check_delay
                     && !settings.server_check_query.is_empty()
                 {
                     inner.idle.push(conn);
@@ -793,7 +794,8 @@ impl Pool {
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
     pub fn checkin(mut conn: Box<ServerConn>) {
         let now = Instant::now();
-        conn.info.released(crate::stats::us_at(now), conn.prepared.len());
+        conn.info
+            .released(crate::stats::us_at(now), conn.prepared.len());
         let pool = conn.pool().clone();
         let settings = pool.settings.load();
         conn.last_used = now;
