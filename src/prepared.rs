@@ -632,10 +632,10 @@ impl Rewriter {
             frontend::PARSE => {
                 self.counts.client_parses += 1;
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
-                if let Some((text, _)) = split_cstr(after_name) {
-                    if mentions_session_state(text) {
-                        self.inspect_parsed(&String::from_utf8_lossy(text), client);
-                    }
+                if let Some((text, _)) = split_cstr(after_name)
+                    && mentions_session_state(text)
+                {
+                    self.inspect_parsed(&String::from_utf8_lossy(text), client);
                 }
                 if name.is_empty() {
                     self.expect_parse(false, None);
