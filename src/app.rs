@@ -101,6 +101,12 @@ impl App {
         self.config.load_full()
     }
 
+    /// The running config, borrowed briefly: no shared reference count is touched, so this is
+    /// what the per-transaction path reads.
+    pub fn config_now(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// The `auth_hba_file` rules when `auth_type = hba`.
     pub fn hba(&self) -> Option<Arc<HbaRules>> {
         self.hba.load().as_ref().clone()

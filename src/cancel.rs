@@ -1,12 +1,13 @@
 //! Cancel routing. Every client gets a random BackendKeyData of its own; this map points that
-//! key at the server connection the client holds *now*. It is updated at checkout and checkin,
-//! so a late cancel can never reach the next client's query, and a cancel for a client that
-//! holds no server connection is dropped.
+//! key at the client's registry entry, which holds the backend key of the server connection
+//! the client holds *now* (written by the client's task at checkout and checkin, one atomic
+//! store each, no lock). A cancel for a client that holds no server connection is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::pool::Pool;
+use crate::registry::ClientInfo;
 
 const SHARDS: usize = 16;
 
@@ -28,10 +29,10 @@ pub struct CancelTarget {
 #[derive(Debug)]
 struct Entry {
     secret: u32,
-    target: Option<CancelTarget>,
+    client: Arc<ClientInfo>,
 }
 
-/// Client keys → the server connection each client holds, sharded to keep lock hold short.
+/// Client keys → the clients, sharded to keep lock hold short.
 #[derive(Debug, Default)]
 pub struct CancelMap {
     shards: [Mutex<HashMap<u32, Entry>>; SHARDS],
@@ -45,7 +46,7 @@ impl CancelMap {
     }
 
     /// Gives a new client a unique random key.
-    pub fn register(&self) -> ClientKey {
+    pub fn register(&self, client: &Arc<ClientInfo>) -> ClientKey {
         loop {
             let pid: u32 = rand::random::<u32>() & 0x7fff_ffff;
             let secret: u32 = rand::random();
@@ -55,18 +56,11 @@ impl CancelMap {
                     pid,
                     Entry {
                         secret,
-                        target: None,
+                        client: client.clone(),
                     },
                 );
                 return ClientKey { pid, secret };
             }
-        }
-    }
-
-    /// Points the client's key at the server connection it now holds (or at none).
-    pub fn set_target(&self, key: ClientKey, target: Option<CancelTarget>) {
-        if let Some(entry) = self.shard(key.pid).get_mut(&key.pid) {
-            entry.target = target;
         }
     }
 
@@ -77,12 +71,21 @@ impl CancelMap {
     /// The server connection to cancel for a client's key, if the key is right and the client
     /// holds one.
     pub fn lookup(&self, pid: u32, secret: u32) -> Option<CancelTarget> {
-        let shard = self.shard(pid);
-        let entry = shard.get(&pid)?;
-        if entry.secret != secret {
-            return None;
-        }
-        entry.target.clone()
+        let client = {
+            let shard = self.shard(pid);
+            let entry = shard.get(&pid)?;
+            if entry.secret != secret {
+                return None;
+            }
+            entry.client.clone()
+        };
+        let (backend_pid, backend_secret) = client.held_backend()?;
+        let pool = client.login()?.pool.clone()?;
+        Some(CancelTarget {
+            pool,
+            backend_pid,
+            backend_secret,
+        })
     }
 }
 
@@ -93,10 +96,13 @@ mod tests {
     #[test]
     fn keys_are_unique_and_need_the_right_secret() {
         let map = CancelMap::default();
-        let a = map.register();
-        let b = map.register();
+        let clients = crate::registry::Clients::default();
+        let info = clients.register(Default::default());
+        let a = map.register(&info);
+        let b = map.register(&info);
         assert_ne!(a.pid, b.pid);
         assert!(map.lookup(a.pid, a.secret).is_none(), "no server held yet");
+        info.hold_backend(Some((7, 8)));
         assert!(map.lookup(a.pid, a.secret.wrapping_add(1)).is_none());
         map.unregister(a);
         assert!(map.lookup(a.pid, a.secret).is_none());

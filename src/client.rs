@@ -302,7 +302,7 @@ async fn login(
         Ok(v) => v,
         Err(e) => return Err(send_fatal(&mut stream, checkout_error(&db, e)).await),
     };
-    let key: ClientKey = app.cancel.register();
+    let key: ClientKey = app.cancel.register(&info);
     build::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
         let own = wanted

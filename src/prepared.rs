@@ -1013,6 +1013,29 @@ impl Rewriter {
                         write += 1;
                     }
                     read += 1;
+                    if len - read >= 4 {
+                        // The whole length field is here (the common case): no byte-wise state.
+                        let bytes = [
+                            chunk[read],
+                            chunk[read + 1],
+                            chunk[read + 2],
+                            chunk[read + 3],
+                        ];
+                        if !drop {
+                            if write != read {
+                                chunk.copy_within(read..read + 4, write);
+                            }
+                            write += 4;
+                        }
+                        read += 4;
+                        let remaining = (u32::from_be_bytes(bytes) as usize).saturating_sub(4);
+                        self.server_at = if remaining == 0 {
+                            ServerAt::Start
+                        } else {
+                            ServerAt::Body { drop, remaining }
+                        };
+                        continue;
+                    }
                     self.server_at = ServerAt::Length {
                         drop,
                         have: 0,
@@ -1256,37 +1279,77 @@ fn is_stale_plan_error(body: &[u8]) -> bool {
     has(b"C0A000\0") && has(b"cached plan must not change result type")
 }
 
+/// How [`mentions_session_state`] sees a byte.
+const SEPARATOR: u8 = 0;
+const WORD: u8 = 1;
+/// A letter that starts one of the session-state keywords.
+const KEYWORD_START: u8 = 2;
+
+/// [`SEPARATOR`], [`WORD`] or [`KEYWORD_START`] for every byte value.
+static BYTE_CLASS: [u8; 256] = {
+    let mut class = [SEPARATOR; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
+            class[b] = WORD;
+        }
+        if matches!(
+            c.to_ascii_lowercase(),
+            b's' | b'd' | b'p' | b'e' | b'r' | b'a'
+        ) {
+            class[b] = KEYWORD_START;
+        }
+        b += 1;
+    }
+    class
+};
+
 /// A cheap test before lexing a query: could it change session state? One pass over the
-/// bytes, comparing only at the start of a word (after a byte that cannot be part of an
-/// identifier), and only words whose first letter starts one of the keywords.
+/// bytes with a table lookup each; where a word starts with the first letter of a keyword,
+/// its first (up to) eight bytes, lower-cased, are compared with the keywords' in one go
+/// (`set` also matches `set_config`, `deallocate` any word starting `dealloca`: the lexer
+/// then decides).
 fn mentions_session_state(text: &[u8]) -> bool {
-    const WORDS: [&[u8]; 7] = [
-        b"set",
-        b"discard",
-        b"deallocate",
-        b"prepare",
-        b"execute",
-        b"rollback",
-        b"abort",
+    /// A keyword's first `len` (at most 8) bytes as a little-endian number.
+    const fn key(word: &[u8]) -> (u64, u64) {
+        let mut value = 0u64;
+        let mut i = 0;
+        while i < word.len() && i < 8 {
+            value |= (word[i] as u64) << (8 * i);
+            i += 1;
+        }
+        let mask = if i == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * i)) - 1
+        };
+        (value, mask)
+    }
+    const KEYS: [(u64, u64); 8] = [
+        key(b"set"),
+        key(b"reset"),
+        key(b"discard"),
+        key(b"deallocate"),
+        key(b"prepare"),
+        key(b"execute"),
+        key(b"rollback"),
+        key(b"abort"),
     ];
-    let mut word_start = true;
+    let mut previous = SEPARATOR;
     for (i, &b) in text.iter().enumerate() {
-        let starts_here = word_start;
-        word_start = !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80);
-        if !starts_here {
-            continue;
+        let class = BYTE_CLASS[b as usize];
+        if class == KEYWORD_START && previous == SEPARATOR {
+            let mut head = [0u8; 8];
+            let n = (text.len() - i).min(8);
+            head[..n].copy_from_slice(&text[i..i + n]);
+            // Setting bit 5 lower-cases ASCII letters and maps no other byte to one.
+            let word = u64::from_le_bytes(head) | 0x2020_2020_2020_2020;
+            if KEYS.iter().any(|&(key, mask)| word & mask == key) {
+                return true;
+            }
         }
-        let first = b.to_ascii_lowercase();
-        if matches!(first, b's' | b'd' | b'p' | b'e' | b'r' | b'a')
-            && WORDS.iter().any(|word| {
-                word[0] == first
-                    && text
-                        .get(i..i + word.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(word))
-            })
-        {
-            return true;
-        }
+        previous = class;
     }
     false
 }

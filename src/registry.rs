@@ -81,6 +81,9 @@ pub struct ClientInfo {
     state: AtomicU8,
     /// The server connection held now (its id), 0 for none.
     pub link: AtomicU64,
+    /// The backend key (pid << 32 | secret) of the server connection held now, 0 for none:
+    /// where a cancel request goes.
+    held_backend: AtomicU64,
     /// [`now_us`] when the client last sent a request; the start of the current query.
     pub request_us: AtomicU64,
     /// [`now_us`] when the current transaction started, 0 outside one.
@@ -109,6 +112,23 @@ impl ClientInfo {
     /// Sets the state. Call only from the client's own task.
     pub fn set_state(&self, state: ClientState) {
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Records the backend key of the server connection the client now holds (`None`: it
+    /// holds none). Call only from the client's own task.
+    pub fn hold_backend(&self, key: Option<(u32, u32)>) {
+        let packed = key.map_or(0, |(pid, secret)| {
+            (u64::from(pid) << 32) | u64::from(secret)
+        });
+        self.held_backend.store(packed, Ordering::Release);
+    }
+
+    /// The backend key of the server connection the client holds now.
+    pub fn held_backend(&self) -> Option<(u32, u32)> {
+        match self.held_backend.load(Ordering::Acquire) {
+            0 => None,
+            packed => Some(((packed >> 32) as u32, packed as u32)),
+        }
     }
 
     /// The database and user shown for it (empty before login).
@@ -162,6 +182,7 @@ impl Clients {
             login: OnceLock::new(),
             state: AtomicU8::new(ClientState::Login as u8),
             link: AtomicU64::new(0),
+            held_backend: AtomicU64::new(0),
             request_us: AtomicU64::new(0),
             xact_start_us: AtomicU64::new(0),
             wait_since_us: AtomicU64::new(0),

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::app::App;
 use crate::buffer::Buffer;
-use crate::cancel::{CancelTarget, ClientKey};
+use crate::cancel::ClientKey;
 use crate::config::PoolMode;
 use crate::pool::{ParamValue, Pool, ServerConn};
 use crate::prepared::{ClientState, ParamChange, Rewriting};
@@ -117,27 +117,29 @@ impl Session {
 
     fn hold(&mut self, conn: Box<ServerConn>) {
         self.info.link.store(conn.id.0, Ordering::Relaxed);
+        self.info
+            .hold_backend(Some((conn.backend_pid, conn.backend_secret)));
         conn.info.held_by(self.info.id);
-        self.app.cancel.set_target(
-            self.key,
-            Some(CancelTarget {
-                pool: conn.pool().clone(),
-                backend_pid: conn.backend_pid,
-                backend_secret: conn.backend_secret,
-            }),
-        );
         self.status = TxStatus::Idle;
         self.server = Some(conn);
+    }
+
+    /// The client holds no server connection any more: cancels are dropped from now on.
+    fn let_go(&self) {
+        self.info.hold_backend(None);
+        self.info.link.store(0, Ordering::Relaxed);
     }
 
     /// Gives the server connection back to the pool; its state must be known idle. Returns it
     /// instead when `server_reset_query_always` wants it reset first (`finish_clean`).
     fn release(&mut self) -> Option<Box<ServerConn>> {
-        self.app.cancel.set_target(self.key, None);
-        self.info.link.store(0, Ordering::Relaxed);
+        self.let_go();
         let conn = self.server.take()?;
-        let settings = self.pool.settings();
-        if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
+        let reset_first = {
+            let settings = self.pool.settings_now();
+            settings.server_reset_query_always && !settings.server_reset_query.is_empty()
+        };
+        if reset_first {
             return Some(conn);
         }
         Pool::checkin(conn);
@@ -146,8 +148,7 @@ impl Session {
 
     /// Closes the server connection: its state is unknown or broken.
     fn discard_server(&mut self) {
-        self.app.cancel.set_target(self.key, None);
-        self.info.link.store(0, Ordering::Relaxed);
+        self.let_go();
         self.server = None;
     }
 
@@ -286,11 +287,11 @@ impl Session {
     async fn close(&mut self, reason: Option<ErrorResponse>) {
         match self.server.take() {
             Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
-                self.app.cancel.set_target(self.key, None);
+                self.let_go();
                 Box::pin(self.finish_clean(conn)).await;
             }
             other => {
-                self.app.cancel.set_target(self.key, None);
+                self.let_go();
                 drop(other);
             }
         }
@@ -346,7 +347,7 @@ impl Session {
             if let Err(e) = woke {
                 return e;
             }
-            let max_prepared = self.app.config().general.max_prepared_statements;
+            let max_prepared = self.app.config_now().general.max_prepared_statements;
             let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
             let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
             if self.server.is_none() {

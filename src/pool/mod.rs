@@ -310,6 +310,12 @@ impl Pool {
         self.settings.load_full()
     }
 
+    /// The settings, borrowed briefly (no shared reference count touched): for the
+    /// per-transaction path.
+    pub fn settings_now(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
+    }
+
     /// Applies reloaded settings. A changed server target or password retires every existing
     /// connection (closed at checkin); other changes (sizes, timeouts) apply at once.
     pub fn update_settings(&self, new: PoolSettings) {

@@ -473,14 +473,20 @@ fn session_state_words_are_found_at_word_starts_only() {
         "EXECUTE p",
         "DEALLOCATE p",
         "abort",
+        "sEt",
+        "RESET statement_timeout",
+        "reset all",
+        "x;Deallocate all",
     ] {
         assert!(mentions_session_state(text.as_bytes()), "{text}");
     }
     for text in [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-        "SELECT reset_count, dataset FROM t",
+        "SELECT recount, dataset, upset FROM t",
         "INSERT INTO assets VALUES (1)",
         "SELECT $1::int4",
+        "se",
+        "SELECT 1 -- abor",
     ] {
         assert!(!mentions_session_state(text.as_bytes()), "{text}");
     }
