@@ -1279,39 +1279,28 @@ fn is_stale_plan_error(body: &[u8]) -> bool {
     has(b"C0A000\0") && has(b"cached plan must not change result type")
 }
 
-/// How [`mentions_session_state`] sees a byte.
-const SEPARATOR: u8 = 0;
-const WORD: u8 = 1;
-/// A letter that starts one of the session-state keywords.
-const KEYWORD_START: u8 = 2;
-
-/// [`SEPARATOR`], [`WORD`] or [`KEYWORD_START`] for every byte value.
-static BYTE_CLASS: [u8; 256] = {
-    let mut class = [SEPARATOR; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
-            class[b] = WORD;
-        }
-        if matches!(
-            c.to_ascii_lowercase(),
-            b's' | b'd' | b'p' | b'e' | b'r' | b'a'
-        ) {
-            class[b] = KEYWORD_START;
-        }
-        b += 1;
-    }
-    class
-};
-
-/// A cheap test before lexing a query: could it change session state? One pass over the
-/// bytes with a table lookup each; where a word starts with the first letter of a keyword,
-/// its first (up to) eight bytes, lower-cased, are compared with the keywords' in one go
-/// (`set` also matches `set_config`, `deallocate` any word starting `dealloca`: the lexer
-/// then decides).
+/// A cheap test before lexing a query: could it change session state? The lexer
+/// (`sql.rs`) classifies statements by their first word, so only the first word of each
+/// statement matters: at the start and after every `;` (a `;` inside a string or comment only
+/// adds a needless check). A statement that begins with a comment or a parenthesis is handed
+/// to the lexer. The first (up to) eight bytes, lower-cased, are compared with the keywords'
+/// in one go (`deallocate` matches any word starting `dealloca`: the lexer then decides).
 fn mentions_session_state(text: &[u8]) -> bool {
-    /// A keyword's first `len` (at most 8) bytes as a little-endian number.
+    let mut rest = text;
+    loop {
+        if statement_may_change_session(rest) {
+            return true;
+        }
+        match rest.iter().position(|&b| b == b';') {
+            Some(semicolon) => rest = &rest[semicolon + 1..],
+            None => return false,
+        }
+    }
+}
+
+/// [`mentions_session_state`] for one statement's start.
+fn statement_may_change_session(statement: &[u8]) -> bool {
+    /// A keyword's first `len` (at most 8) bytes as a little-endian number, and its mask.
     const fn key(word: &[u8]) -> (u64, u64) {
         let mut value = 0u64;
         let mut i = 0;
@@ -1336,22 +1325,16 @@ fn mentions_session_state(text: &[u8]) -> bool {
         key(b"rollback"),
         key(b"abort"),
     ];
-    let mut previous = SEPARATOR;
-    for (i, &b) in text.iter().enumerate() {
-        let class = BYTE_CLASS[b as usize];
-        if class == KEYWORD_START && previous == SEPARATOR {
-            let mut head = [0u8; 8];
-            let n = (text.len() - i).min(8);
-            head[..n].copy_from_slice(&text[i..i + n]);
-            // Setting bit 5 lower-cases ASCII letters and maps no other byte to one.
-            let word = u64::from_le_bytes(head) | 0x2020_2020_2020_2020;
-            if KEYS.iter().any(|&(key, mask)| word & mask == key) {
-                return true;
-            }
-        }
-        previous = class;
+    let statement = statement.trim_ascii_start();
+    if statement.starts_with(b"/*") || statement.starts_with(b"--") || statement.starts_with(b"(") {
+        return true;
     }
-    false
+    let mut head = [0u8; 8];
+    let n = statement.len().min(8);
+    head[..n].copy_from_slice(&statement[..n]);
+    // Setting bit 5 lower-cases ASCII letters and turns no other byte into one.
+    let word = u64::from_le_bytes(head) | 0x2020_2020_2020_2020;
+    KEYS.iter().any(|&(key, mask)| word & mask == key)
 }
 
 enum Keep {

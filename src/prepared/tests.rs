@@ -461,12 +461,14 @@ fn a_stale_plan_error_outside_a_transaction_is_hidden_and_the_exchange_kept_for_
 }
 
 #[test]
-fn session_state_words_are_found_at_word_starts_only() {
+fn session_state_keywords_are_looked_for_at_statement_starts() {
     for text in [
         "SET search_path = x",
+        "  \n\tSET x TO 1",
         "select 1;set x = 1",
+        "select ';set';select 2",
         "/* c */SET x TO 1",
-        "UPDATE t SET a = 1",
+        "-- c\nSET x TO 1",
         "DISCARD ALL",
         "ROLLBACK",
         "PREPARE p AS SELECT 1",
@@ -478,16 +480,18 @@ fn session_state_words_are_found_at_word_starts_only() {
         "reset all",
         "x;Deallocate all",
     ] {
-        assert!(mentions_session_state(text.as_bytes()), "{text}");
+        assert!(mentions_session_state(text.as_bytes()), "{text:?}");
     }
     for text in [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "UPDATE t SET a = 1",
         "SELECT recount, dataset, upset FROM t",
         "INSERT INTO assets VALUES (1)",
         "SELECT $1::int4",
         "se",
-        "SELECT 1 -- abor",
+        "",
+        "SELECT 1; COMMIT",
     ] {
-        assert!(!mentions_session_state(text.as_bytes()), "{text}");
+        assert!(!mentions_session_state(text.as_bytes()), "{text:?}");
     }
 }
