@@ -349,7 +349,12 @@ impl Session {
             }
             let max_prepared = self.app.config_now().general.max_prepared_statements;
             let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
-            let mut pump = Pump::new(self.status, timers.max_packet_size, rewrite);
+            let mut pump = Pump::new(
+                self.status,
+                timers.max_packet_size,
+                rewrite,
+                timers.enabled(),
+            );
             if self.server.is_none() {
                 match pump.read_client_now(&mut self.client, &self.info) {
                     Ok(true) => {}
@@ -600,8 +605,13 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(status: TxStatus, max_client_message: usize, rewrite: bool) -> Pump {
-        let now = Instant::now();
+    fn new(status: TxStatus, max_client_message: usize, rewrite: bool, timed: bool) -> Pump {
+        // The activity times are kept only for the relay timeouts: no clock read without them.
+        let now = if timed {
+            Instant::now()
+        } else {
+            crate::stats::clock_start()
+        };
         Pump {
             cbuf: Buffer::take(),
             clen: 0,

@@ -188,6 +188,11 @@ pub fn now_us() -> u64 {
     CLOCK_START.0.elapsed().as_micros() as u64 + 1
 }
 
+/// The instant [`now_us`] counts from.
+pub fn clock_start() -> Instant {
+    CLOCK_START.0
+}
+
 /// An `Instant` as a [`now_us`] reading (no clock read).
 pub fn us_at(instant: Instant) -> u64 {
     instant.saturating_duration_since(CLOCK_START.0).as_micros() as u64 + 1
