@@ -8,7 +8,7 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
-use support::{Pgberth, SCRAM_PASS, SCRAM_USER};
+use support::{Pgberth, SCRAM_PASS, SCRAM_USER, simple_rows as rows};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -49,30 +49,6 @@ async fn admin(pgberth: &Pgberth) -> Client {
 
 async fn app_client(pgberth: &Pgberth) -> Client {
     pgberth.connect(SCRAM_USER, SCRAM_PASS, "app").await
-}
-
-/// Column names and rows of a simple query.
-async fn rows(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(desc) => {
-                columns = desc.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(row) => rows.push(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => {}
-        }
-    }
-    (columns, rows)
 }
 
 /// One value of the row whose first column is `key`, from a SHOW.

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Pgberth, SCRAM_PASS, SCRAM_USER};
+use support::{Pgberth, SCRAM_PASS, SCRAM_USER, simple_rows as show};
 use tokio_postgres::SimpleQueryMessage;
 
 const USERLIST: &str = "\"scram_user\" \"scram_pass\"\n\"admin\" \"admin_pass\"\n";
@@ -29,30 +29,6 @@ admin_users = admin
 stats_period = {stats_period}
 "
     )
-}
-
-/// Column names and rows of a simple query.
-async fn show(client: &tokio_postgres::Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(desc) => {
-                columns = desc.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(row) => rows.push(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => {}
-        }
-    }
-    (columns, rows)
 }
 
 /// The value of `name` in the row whose first column is `key`.

@@ -107,3 +107,30 @@ pub fn closed_port() -> (socket2::Socket, u16) {
         .port();
     (socket, port)
 }
+
+/// Column names and rows (as text) of a simple query, e.g. an admin console SHOW.
+pub async fn simple_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> (Vec<String>, Vec<Vec<String>>) {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for m in messages {
+        match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(desc) => {
+                columns = desc.iter().map(|c| c.name().to_owned()).collect();
+            }
+            tokio_postgres::SimpleQueryMessage::Row(row) => rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    (columns, rows)
+}
