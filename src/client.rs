@@ -86,7 +86,11 @@ async fn login_with_timeout(
     admitted: bool,
     info: Arc<ClientInfo>,
 ) -> Option<Admitted> {
-    let peer = stream.peer();
+    // From the address read at accept: no second system call.
+    let peer = match info.ends.remote {
+        Some(addr) => addr.to_string(),
+        None => "unix".to_owned(),
+    };
     let config = app.config();
     let timeout = config.general.client_login_timeout;
     let login = login(&app, &config, stream, admitted, &peer, info);

@@ -92,17 +92,6 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsFromClient(_) | Stream::TlsToServer(_))
     }
-
-    /// A printable description of the peer for logs.
-    pub fn peer(&self) -> String {
-        match self.tcp() {
-            Some(s) => s
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            None => "unix".into(),
-        }
-    }
 }
 
 impl AsyncRead for Stream {
