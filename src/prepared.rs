@@ -255,11 +255,11 @@ impl ClientState {
                     let Some((name, after_name)) = split_cstr(&msg[5..]) else {
                         return false;
                     };
-                    let text = split_cstr(after_name).map(|(t, _)| t).unwrap_or_default();
-                    if name.is_empty()
-                        || self.statements.by_name.contains_key(name)
-                        || mentions_session_state(text)
-                    {
+                    if name.is_empty() || self.statements.by_name.contains_key(name) {
+                        return false;
+                    }
+                    // A Parse holds one statement: its first word is enough.
+                    if statement_may_change_session(after_name) {
                         return false;
                     }
                     parses.push((name, after_name));
@@ -632,8 +632,9 @@ impl Rewriter {
             frontend::PARSE => {
                 self.counts.client_parses += 1;
                 let (name, after_name) = split_cstr(body).ok_or(FrameError::Malformed("Parse"))?;
-                if let Some((text, _)) = split_cstr(after_name)
-                    && mentions_session_state(text)
+                // A Parse holds one statement: its first word is enough.
+                if statement_may_change_session(after_name)
+                    && let Some((text, _)) = split_cstr(after_name)
                 {
                     self.inspect_parsed(&String::from_utf8_lossy(text), client);
                 }
