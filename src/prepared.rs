@@ -1030,6 +1030,22 @@ impl Rewriter {
                         }
                         read += 4;
                         let remaining = (u32::from_be_bytes(bytes) as usize).saturating_sub(4);
+                        if remaining <= len - read && self.error_text.is_none() {
+                            // The whole body is here too, and no error text is being kept:
+                            // the message is done in this step.
+                            if remaining > 0 && std::mem::take(&mut self.status_next) {
+                                self.on_ready(self.epochs_done - 1, chunk[read]);
+                            }
+                            if !drop {
+                                if write != read {
+                                    chunk.copy_within(read..read + remaining, write);
+                                }
+                                write += remaining;
+                            }
+                            read += remaining;
+                            self.server_at = ServerAt::Start;
+                            continue;
+                        }
                         self.server_at = if remaining == 0 {
                             ServerAt::Start
                         } else {
