@@ -477,7 +477,7 @@ async fn greet_params(
         conn.apply_params(&wanted, timeout).await?;
         Ok((Some(conn), params))
     } else {
-        Pool::checkin(conn);
+        pool.checkin(conn);
         Ok((None, params))
     }
 }

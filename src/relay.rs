@@ -142,7 +142,7 @@ impl Session {
         if reset_first {
             return Some(conn);
         }
-        Pool::checkin(conn);
+        self.pool.checkin(conn);
         None
     }
 
@@ -330,7 +330,7 @@ impl Session {
             }
             conn.params_were_reset();
         }
-        Pool::checkin(conn);
+        self.pool.checkin(conn);
     }
 
     /// Returns `None` when the client left normally, or the error to send it before closing.

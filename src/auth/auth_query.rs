@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::app::App;
 use crate::config::{Config, Database, Secret};
-use crate::pool::{CheckoutError, Pool};
+use crate::pool::CheckoutError;
 use crate::protocol::build::{begin, cstr, patch_len};
 use crate::protocol::error::{ServerError, parse_error_fields};
 use crate::protocol::{ErrorResponse, SqlState, TxStatus, backend};
@@ -151,7 +151,7 @@ pub async fn lookup(
         })?;
     // Clients of a storm waited for this connection; the first one may have filled the cache.
     if let Some(secret) = app.auth_cache.get(&db.name, user) {
-        Pool::checkin(conn);
+        pool.checkin(conn);
         return Ok(Some(secret));
     }
     let timeout = pool.settings().server_connect_timeout;
@@ -159,7 +159,7 @@ pub async fn lookup(
     // After a server error the connection is back at ReadyForQuery; anything else leaves it
     // in an unknown state and it is closed.
     if matches!(result, Ok(_) | Err(AuthQueryError::Query(_))) {
-        Pool::checkin(conn);
+        pool.checkin(conn);
     }
     let secret = result?;
     if let Some(secret) = &secret {

@@ -798,11 +798,14 @@ impl Pool {
     /// Returns a connection whose state is known to be idle (no transaction, nothing pending)
     /// to the pool: to the first waiting client, else to the idle list. Connections that are
     /// retired, past `server_lifetime`, or beyond a shrunk pool size are closed instead.
-    pub fn checkin(mut conn: Box<ServerConn>) {
+    /// `self` is the connection's own pool (the caller holds it, so that no shared reference
+    /// count is touched here).
+    pub fn checkin(self: &Arc<Pool>, mut conn: Box<ServerConn>) {
+        debug_assert!(Arc::ptr_eq(self, conn.pool()), "checked in to another pool");
         let now = Instant::now();
         conn.info
             .released(crate::stats::us_at(now), conn.prepared.len());
-        let pool = conn.pool().clone();
+        let pool = self;
         let settings = pool.settings.load();
         conn.last_used = now;
         let pool_needs_room = pool.sibling_needs_room();
@@ -880,7 +883,7 @@ impl Pool {
             return Ok(());
         }
         let conn = self.connect(Slot { pool: self.clone() }, &settings).await?;
-        Pool::checkin(conn);
+        self.checkin(conn);
         Ok(())
     }
 
