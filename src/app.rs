@@ -266,13 +266,20 @@ impl App {
         }
     }
 
-    /// Runs pool upkeep once a second until the process stops: idle and lifetime expiry, and
-    /// `min_pool_size`.
+    /// Runs pool upkeep until the process stops: every quarter second the waiting lines
+    /// (`reserve_pool_timeout`, `query_wait_timeout`), every second idle and lifetime expiry
+    /// and `min_pool_size`.
     pub async fn maintenance(self: Arc<App>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for round in 0u64.. {
             tick.tick().await;
+            for pool in self.pools() {
+                pool.expire_waiters();
+            }
+            if round % 4 != 0 {
+                continue;
+            }
             for pool in self.pools() {
                 let missing = pool.maintain();
                 for _ in 0..missing {

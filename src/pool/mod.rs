@@ -203,11 +203,21 @@ impl Drop for Slot {
     }
 }
 
-/// What a waiting client is handed: a connection someone checked in, or room to open one.
+/// What a waiting client is handed: a connection someone checked in, room to open one, or
+/// word that `query_wait_timeout` has passed.
 #[derive(Debug)]
 enum Grant {
     Conn(Box<ServerConn>),
     Slot(Slot),
+    WaitTimeout,
+}
+
+/// A client waiting in line for a server connection.
+#[derive(Debug)]
+struct Waiter {
+    /// When it started asking (for `query_wait_timeout` and `reserve_pool_timeout`).
+    since: Instant,
+    tx: oneshot::Sender<Grant>,
 }
 
 /// Why a client got no server connection.
@@ -241,7 +251,7 @@ struct Inner {
     // Boxed: connections move between the pool and clients' tasks as one pointer.
     #[allow(clippy::vec_box)]
     idle: Vec<Box<ServerConn>>,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
     /// Slots taken: connections open or being opened.
     open: usize,
     /// Bumped when the server target changes; older connections are closed at checkin.
@@ -386,7 +396,7 @@ impl Pool {
         PoolCounts {
             idle: inner.idle.len(),
             open: inner.open,
-            waiting: inner.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: inner.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
         }
     }
 
@@ -450,9 +460,9 @@ impl Pool {
     }
 
     fn pop_live_waiter(inner: &mut Inner) -> Option<oneshot::Sender<Grant>> {
-        while let Some(tx) = inner.waiters.pop_front() {
-            if !tx.is_closed() {
-                return Some(tx);
+        while let Some(waiter) = inner.waiters.pop_front() {
+            if !waiter.tx.is_closed() {
+                return Some(waiter.tx);
             }
         }
         None
@@ -496,7 +506,7 @@ impl Pool {
         let settings = self.settings.load();
         let tx = {
             let mut inner = self.lock();
-            if !inner.waiters.iter().any(|w| !w.is_closed())
+            if !inner.waiters.iter().any(|w| !w.tx.is_closed())
                 || !self.try_take_slot(&mut inner, &settings, false)
             {
                 return false;
@@ -578,7 +588,7 @@ impl Pool {
                     }
                     None => {
                         let (tx, rx) = oneshot::channel();
-                        inner.waiters.push_back(tx);
+                        inner.waiters.push_back(Waiter { since: started, tx });
                         // Below its own size, the pool is held back by a shared limit.
                         Err((rx, inner.open < settings.pool_size))
                     }
@@ -591,7 +601,7 @@ impl Pool {
                     if held_by_shared_limit {
                         self.evict_idle_sibling();
                     }
-                    match self.wait(rx, &settings, started).await {
+                    match Pool::wait(rx, &settings).await {
                         // Sent back by a pause (`set_pause`): wait for RESUME.
                         Err(CheckoutError::Closed) if self.is_paused() => continue,
                         grant => grant?,
@@ -618,48 +628,69 @@ impl Pool {
                     return Ok(conn);
                 }
                 Grant::Slot(slot) => return self.connect(slot, &settings).await,
+                Grant::WaitTimeout => {
+                    return Err(CheckoutError::WaitTimeout(settings.query_wait_timeout));
+                }
             }
         }
     }
 
+    /// Waits in line for a grant. The timeouts are not armed here: `expire_waiters` (run every
+    /// quarter second) hands out the reserve and the `query_wait_timeout` verdict, so that
+    /// waiting costs no timer.
     async fn wait(
-        self: &Arc<Pool>,
-        mut rx: oneshot::Receiver<Grant>,
+        rx: oneshot::Receiver<Grant>,
         settings: &PoolSettings,
-        started: Instant,
     ) -> Result<Grant, CheckoutError> {
-        let give_up =
-            (!settings.query_wait_timeout.is_zero()).then(|| started + settings.query_wait_timeout);
-        if settings.reserve_pool > 0 {
-            let reserve_at = started + settings.reserve_pool_timeout;
-            let until = give_up.map_or(reserve_at, |g| g.min(reserve_at));
-            if let Ok(grant) = tokio::time::timeout_at(until.into(), &mut rx).await {
-                return grant.map_err(|_| CheckoutError::Closed);
+        match rx.await {
+            Ok(Grant::WaitTimeout) => Err(CheckoutError::WaitTimeout(settings.query_wait_timeout)),
+            Ok(grant) => Ok(grant),
+            Err(_) => Err(CheckoutError::Closed),
+        }
+    }
+
+    /// Upkeep of the waiting line, run every quarter second: a client waiting longer than
+    /// `reserve_pool_timeout` gets room in the reserve pool if there is any, one waiting
+    /// longer than `query_wait_timeout` is told to give up.
+    pub fn expire_waiters(self: &Arc<Pool>) {
+        let settings = self.settings.load();
+        let now = Instant::now();
+        // Grants that found no receiver: dropped after the lock (a slot frees itself).
+        let mut undelivered = Vec::new();
+        {
+            let mut inner = self.lock();
+            if inner.waiters.is_empty() {
+                return;
             }
-            let took_reserve = {
-                let mut inner = self.lock();
-                self.try_take_slot(&mut inner, settings, true)
-            };
-            if took_reserve {
-                let reserve = Slot { pool: self.clone() };
-                rx.close();
-                return Ok(match rx.try_recv() {
-                    Ok(grant) => grant,
-                    Err(_) => Grant::Slot(reserve),
-                });
+            if settings.reserve_pool > 0 {
+                while inner.waiters.front().is_some_and(|w| {
+                    now.saturating_duration_since(w.since) >= settings.reserve_pool_timeout
+                }) && self.try_take_slot(&mut inner, &settings, true)
+                {
+                    let Some(tx) = Pool::pop_live_waiter(&mut inner) else {
+                        // Nobody left to take it: give the slot back.
+                        undelivered.push(Grant::Slot(Slot { pool: self.clone() }));
+                        break;
+                    };
+                    if let Err(back) = tx.send(Grant::Slot(Slot { pool: self.clone() })) {
+                        undelivered.push(back);
+                    }
+                }
+            }
+            if !settings.query_wait_timeout.is_zero() {
+                let (expired, kept): (VecDeque<Waiter>, VecDeque<Waiter>) =
+                    std::mem::take(&mut inner.waiters)
+                        .into_iter()
+                        .partition(|w| {
+                            now.saturating_duration_since(w.since) >= settings.query_wait_timeout
+                        });
+                inner.waiters = kept;
+                for waiter in expired {
+                    let _ = waiter.tx.send(Grant::WaitTimeout);
+                }
             }
         }
-        let Some(give_up) = give_up else {
-            return rx.await.map_err(|_| CheckoutError::Closed);
-        };
-        match tokio::time::timeout_at(give_up.into(), &mut rx).await {
-            Ok(grant) => grant.map_err(|_| CheckoutError::Closed),
-            Err(_) => {
-                rx.close();
-                rx.try_recv()
-                    .map_err(|_| CheckoutError::WaitTimeout(settings.query_wait_timeout))
-            }
-        }
+        drop(undelivered);
     }
 
     async fn connect(
@@ -832,7 +863,9 @@ impl Pool {
                                 break None;
                             }
                             Grant::Conn(conn) => break Some(conn),
-                            Grant::Slot(_) => unreachable!("checkin only hands out connections"),
+                            Grant::Slot(_) | Grant::WaitTimeout => {
+                                unreachable!("checkin only hands out connections")
+                            }
                         },
                     }
                 }
