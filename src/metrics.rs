@@ -381,7 +381,7 @@ fn register_pools(app: &App, registry: &mut Registry) {
         let labels = pool_labels(&pool.key.database, &pool.key.user);
         let counts = pool.counts();
         let clients_in = pool.client_count();
-        let servers_in = pool.servers().len();
+        let servers_in = pool.server_count();
         clients
             .get_or_create(&with_state(labels.clone(), "active"))
             .set(clients_in.saturating_sub(counts.waiting) as i64);

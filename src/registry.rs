@@ -79,8 +79,6 @@ pub struct ClientInfo {
     pub connected_us: u64,
     login: OnceLock<ClientLogin>,
     state: AtomicU8,
-    /// The server connection held now (its id), 0 for none.
-    pub link: AtomicU64,
     /// The backend key (pid << 32 | secret) of the server connection held now, 0 for none:
     /// where a cancel request goes.
     held_backend: AtomicU64,
@@ -181,7 +179,6 @@ impl Clients {
             connected_us: now_us(),
             login: OnceLock::new(),
             state: AtomicU8::new(ClientState::Login as u8),
-            link: AtomicU64::new(0),
             held_backend: AtomicU64::new(0),
             request_us: AtomicU64::new(0),
             xact_start_us: AtomicU64::new(0),

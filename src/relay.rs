@@ -116,7 +116,6 @@ impl Session {
     }
 
     fn hold(&mut self, conn: Box<ServerConn>) {
-        self.info.link.store(conn.id.0, Ordering::Relaxed);
         self.info
             .hold_backend(Some((conn.backend_pid, conn.backend_secret)));
         conn.info.held_by(self.info.id);
@@ -127,7 +126,6 @@ impl Session {
     /// The client holds no server connection any more: cancels are dropped from now on.
     fn let_go(&self) {
         self.info.hold_backend(None);
-        self.info.link.store(0, Ordering::Relaxed);
     }
 
     /// Gives the server connection back to the pool; its state must be known idle. Returns it
@@ -285,15 +283,12 @@ impl Session {
 
     /// Returns or closes the server connection and says goodbye to the client.
     async fn close(&mut self, reason: Option<ErrorResponse>) {
+        self.let_go();
         match self.server.take() {
             Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
-                self.let_go();
                 Box::pin(self.finish_clean(conn)).await;
             }
-            other => {
-                self.let_go();
-                drop(other);
-            }
+            other => drop(other),
         }
         let config = self.app.config();
         match reason {

@@ -37,20 +37,32 @@ pub(crate) const CONNECTION_COLUMNS: [(&str, bool); 21] = [
 pub(crate) fn clients(app: &App) -> Table {
     let now = now_us();
     let port = app.config().general.listen_port;
+    // Which server connection each client holds: the servers know their holder.
+    let held: HashMap<u64, u64> = app
+        .pools()
+        .iter()
+        .flat_map(|pool| pool.servers())
+        .filter_map(|s| match s.link.load(Ordering::Relaxed) {
+            0 => None,
+            client => Some((client, s.id)),
+        })
+        .collect();
     let mut clients: Vec<_> = app.clients_registry.lock().values().cloned().collect();
     clients.sort_by_key(|c| c.id);
-    let rows = clients.iter().map(|c| client_row(c, now, port)).collect();
+    let rows = clients
+        .iter()
+        .map(|c| client_row(c, held.get(&c.id).copied(), now, port))
+        .collect();
     Table {
         columns: CONNECTION_COLUMNS.to_vec(),
         rows,
     }
 }
 
-fn client_row(c: &ClientInfo, now: u64, listen_port: u16) -> Vec<String> {
+fn client_row(c: &ClientInfo, link: Option<u64>, now: u64, listen_port: u16) -> Vec<String> {
     let (database, user) = c.names();
     let login = c.login();
     let waited = c.waited_us(now);
-    let link = c.link.load(Ordering::Relaxed);
     let request = c.request_us.load(Ordering::Relaxed);
     let (addr, port, local_addr, local_port) = addresses(&c.ends, listen_port);
     vec![
@@ -73,11 +85,7 @@ fn client_row(c: &ClientInfo, now: u64, listen_port: u16) -> Vec<String> {
         (waited % 1_000_000).to_string(),
         "0".into(),
         pointer('c', c.id),
-        if link == 0 {
-            String::new()
-        } else {
-            pointer('s', link)
-        },
+        link.map_or(String::new(), |server| pointer('s', server)),
         "0".into(),
         login.map_or("", |l| &l.tls).into(),
         login.map_or("", |l| &l.application_name).into(),

@@ -10,7 +10,7 @@ use crate::registry::{ClientInfo, ServerInfo};
 /// pgberth lists what it allocates per client, per server connection and per relay.
 pub(crate) fn mem(app: &App) -> Table {
     let clients = app.clients_registry.lock().len();
-    let servers: usize = app.pools().iter().map(|p| p.servers().len()).sum();
+    let servers: usize = app.pools().iter().map(|p| p.server_count()).sum();
     let buffers = crate::buffer::ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
     let statements = app.statements.live();
     let row = |name: &str, size: usize, used: usize| {

@@ -96,7 +96,7 @@ fn pools(app: &App) -> Table {
             // Clients held by a pause wait for a connection too.
             let waiting = counts.waiting + pool.held_clients();
             let clients = pool.client_count();
-            let logged_in = pool.servers().len();
+            let logged_in = pool.server_count();
             let mode = config
                 .database(&pool.key.database)
                 .map(|db| config.pool_mode_for(&db, &pool.key.user).to_string())

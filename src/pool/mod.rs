@@ -373,6 +373,11 @@ impl Pool {
         self.servers_lock().values().cloned().collect()
     }
 
+    /// How many server connections are logged in, idle or in use.
+    pub fn server_count(&self) -> usize {
+        self.servers_lock().len()
+    }
+
     /// The pool's current generation: connections of an older one close when released.
     pub fn generation(&self) -> u64 {
         self.lock().generation
