@@ -347,17 +347,11 @@ fn server_facing(general: &General, mode: SslMode) -> Result<rustls::ClientConfi
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match (&general.server_tls_key_file, &general.server_tls_cert_file) {
-        (Some(key_file), Some(cert_file)) => {
-            let certs = read_certs("server_tls_cert_file", cert_file)?;
-            let key = read_key("server_tls_key_file", key_file)?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| TlsError::Invalid {
-                    key: "server_tls_key_file",
-                    path: key_file.clone(),
-                    message: format!("does not match server_tls_cert_file: {e}"),
-                })?
-        }
+        (Some(key_file), Some(cert_file)) => with_client_certificate(
+            builder,
+            ("server_tls_cert_file", cert_file),
+            ("server_tls_key_file", key_file),
+        )?,
         (None, None) => builder.with_no_client_auth(),
         _ => {
             return Err(TlsError::Setting(
@@ -367,6 +361,24 @@ fn server_facing(general: &General, mode: SslMode) -> Result<rustls::ClientConfi
     };
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(config)
+}
+
+/// Finishes a client config with a client certificate and its key, each given with the
+/// setting that names it (for the error messages).
+fn with_client_certificate(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    (cert_setting, cert_file): (&'static str, &Path),
+    (key_setting, key_file): (&'static str, &Path),
+) -> Result<rustls::ClientConfig, TlsError> {
+    let certs = read_certs(cert_setting, cert_file)?;
+    let key = read_key(key_setting, key_file)?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Invalid {
+            key: key_setting,
+            path: key_file.to_owned(),
+            message: format!("does not match {cert_setting}: {e}"),
+        })
 }
 
 /// A rustls client config with libpq's sslmode meanings, for pgberth's own client tools
@@ -409,15 +421,7 @@ pub fn libpq_client_config(
         .with_custom_certificate_verifier(verifier);
     let mut config = match client_cert {
         Some((cert_file, key_file)) => {
-            let certs = read_certs("sslcert", cert_file)?;
-            let key = read_key("sslkey", key_file)?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| TlsError::Invalid {
-                    key: "sslkey",
-                    path: key_file.to_owned(),
-                    message: format!("does not match sslcert: {e}"),
-                })?
+            with_client_certificate(builder, ("sslcert", cert_file), ("sslkey", key_file))?
         }
         None => builder.with_no_client_auth(),
     };

@@ -54,6 +54,25 @@ fn start(databases: &str, extra: &str) -> Instance {
 
 const APP_LINE: &str = "app = host=127.0.0.1 port=@PGPORT@ dbname=app pool_size=3";
 
+/// pgberth with a query run and a wrong-password login refused, so that the labelled metric
+/// families have samples; the client stays connected while the caller holds it.
+async fn start_with_traffic_and_an_error() -> (Instance, tokio_postgres::Client) {
+    let instance = start(APP_LINE, "");
+    let client = instance
+        .pgberth
+        .connect(SCRAM_USER, SCRAM_PASS, APP_DB)
+        .await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let _ = instance
+        .pgberth
+        .try_connect(SCRAM_USER, "wrong password", APP_DB)
+        .await;
+    instance
+        .wait_for_sample("pgberth_client_errors_total{sqlstate=\"28P01\"}", 1.0)
+        .await;
+    (instance, client)
+}
+
 /// An HTTP/1.1 response: status code, headers (lower-cased names) and body.
 struct HttpResponse {
     status: u16,
@@ -554,20 +573,7 @@ async fn tls_handshakes_total_counts_server_handshakes_that_succeed_and_fail() {
 
 #[tokio::test]
 async fn metrics_output_passes_promtool_check_metrics() {
-    let instance = start(APP_LINE, "");
-    // Traffic and an error, so that the labelled families have samples.
-    let client = instance
-        .pgberth
-        .connect(SCRAM_USER, SCRAM_PASS, APP_DB)
-        .await;
-    client.simple_query("SELECT 1").await.unwrap();
-    let _ = instance
-        .pgberth
-        .try_connect(SCRAM_USER, "wrong password", APP_DB)
-        .await;
-    instance
-        .wait_for_sample("pgberth_client_errors_total{sqlstate=\"28P01\"}", 1.0)
-        .await;
+    let (instance, _client) = start_with_traffic_and_an_error().await;
     let response = get(instance.metrics_port, "/metrics");
     assert_eq!(response.status, 200);
     assert_eq!(
@@ -704,19 +710,7 @@ fn metrics_listen_that_cannot_be_bound_stops_start_up_naming_the_key() {
 /// The names of every metric family, from a scrape after traffic and a failed login
 /// (families without samples are not exposed).
 async fn every_exported_name() -> BTreeSet<String> {
-    let instance = start(APP_LINE, "");
-    let client = instance
-        .pgberth
-        .connect(SCRAM_USER, SCRAM_PASS, APP_DB)
-        .await;
-    client.simple_query("SELECT 1").await.unwrap();
-    let _ = instance
-        .pgberth
-        .try_connect(SCRAM_USER, "wrong password", APP_DB)
-        .await;
-    instance
-        .wait_for_sample("pgberth_client_errors_total{sqlstate=\"28P01\"}", 1.0)
-        .await;
+    let (instance, _client) = start_with_traffic_and_an_error().await;
     exported_names(&instance.scrape())
 }
 
