@@ -44,6 +44,20 @@ pub struct Session {
     statements: Option<Box<ClientState>>,
 }
 
+/// What follows a stretch of relaying.
+enum Next {
+    /// The client is idle again (it may still hold its server connection in session mode).
+    Idle,
+    /// The session ends; `Some` is the error to send the client first.
+    Close(Option<ErrorResponse>),
+}
+
+impl Next {
+    fn close(error: ErrorResponse) -> Next {
+        Next::Close(Some(error))
+    }
+}
+
 /// How a stretch of relaying ended.
 #[derive(Debug)]
 enum Outcome {
@@ -333,150 +347,155 @@ impl Session {
         let timers = Timers::new(&self.app.config().general);
         loop {
             // Idle: no bytes in flight, no buffer held.
-            let woke = wait_idle(
-                &self.client,
-                self.server.as_deref(),
-                timers.client_idle_timeout,
-            )
-            .await;
-            if let Err(e) = woke {
+            let server = self.server.as_deref();
+            if let Err(e) = wait_idle(&self.client, server, timers.client_idle_timeout()).await {
                 return e;
             }
-            let max_prepared = self.app.config_now().general.max_prepared_statements;
-            let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
-            let mut pump = Pump::new(
-                self.status,
-                timers.max_packet_size,
-                rewrite,
-                timers.enabled(),
-            );
-            if self.server.is_none() {
-                match pump.read_client_now(&mut self.client, &self.info) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(Outcome::ClientLeft { .. }) => return None,
-                    Err(Outcome::ClientProtocol(e)) => return Some(protocol_error(e)),
-                    Err(_) => return None,
-                }
-                if pump.client_done && pump.clen == 0 {
-                    return None;
-                }
-                // Only now, with bytes to process: a wake-up without data costs nothing.
-                if rewrite {
-                    self.ensure_client_state(max_prepared);
-                }
-                if let Some(state) = self.statements.as_deref_mut()
-                    && pump.unprocessed > 0
-                    && state.answer_parses_locally(&pump.cbuf[..pump.unprocessed as usize])
-                {
-                    if self.client.send(&state.stage).await.is_err() {
-                        return None;
-                    }
-                    continue;
-                }
-                match self.checkout().await {
-                    Ok(conn) => self.hold(conn),
-                    Err(e) => {
-                        let db = self.app.config().database(self.database());
-                        return Some(match db {
-                            Some(db) => crate::client::checkout_error(&db, e),
-                            None => ErrorResponse::fatal(
-                                SqlState::UNKNOWN_DATABASE,
-                                format!("database \"{}\" was removed", self.database()),
-                            ),
-                        });
-                    }
-                }
+            // Boxed while it runs: an idle client's task keeps only the state above.
+            if let Next::Close(reason) = Box::pin(self.stretch(timers)).await {
+                return reason;
             }
-            let outcome = {
-                let server = self.server.as_mut().expect("server held");
-                let mut rewriting = match self.statements.as_deref_mut() {
-                    Some(client) if rewrite => {
-                        client.start_stretch(max_prepared);
-                        Some(Rewriting {
-                            client,
-                            server: &mut server.prepared,
-                        })
-                    }
-                    _ => None,
-                };
-                if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut(), &self.info) {
-                    outcome
-                } else {
-                    pump.run(
-                        &mut self.client,
-                        &mut server.stream,
-                        self.mode,
-                        timers,
-                        rewriting,
-                        &self.info,
-                    )
-                    .await
-                }
-            };
-            self.status = pump.status;
-            if self.take_param_changes() {
-                // The client changed what pgberth cannot carry to another server connection.
-                self.discard_server();
+        }
+    }
+
+    /// One stretch of relaying, from the client's first bytes to the end of the transaction
+    /// (statement, in statement mode; the next idle moment, in session mode).
+    async fn stretch(&mut self, timers: Timers) -> Next {
+        let max_prepared = self.app.config_now().general.max_prepared_statements;
+        let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
+        let mut pump = Pump::new(
+            self.status,
+            timers.max_packet_size,
+            rewrite,
+            timers.enabled(),
+        );
+        if self.server.is_none() {
+            match pump.read_client_now(&mut self.client, &self.info) {
+                Ok(true) => {}
+                Ok(false) => return Next::Idle,
+                Err(Outcome::ClientLeft { .. }) => return Next::Close(None),
+                Err(Outcome::ClientProtocol(e)) => return Next::close(protocol_error(e)),
+                Err(_) => return Next::Close(None),
             }
-            match outcome {
-                Outcome::Done => {
-                    if self.mode != PoolMode::Session
-                        && let Some(conn) = self.release()
-                    {
-                        Box::pin(self.finish_clean(conn)).await;
-                    }
+            if pump.client_done && pump.clen == 0 {
+                return Next::Close(None);
+            }
+            // Only now, with bytes to process: a wake-up without data costs nothing.
+            if rewrite {
+                self.ensure_client_state(max_prepared);
+            }
+            if let Some(state) = self.statements.as_deref_mut()
+                && pump.unprocessed > 0
+                && state.answer_parses_locally(&pump.cbuf[..pump.unprocessed as usize])
+            {
+                if self.client.send(&state.stage).await.is_err() {
+                    return Next::Close(None);
                 }
-                Outcome::ClientLeft { clean } => {
-                    if !clean {
-                        self.discard_server();
-                    }
-                    return None;
-                }
-                Outcome::ServerLost(e) => {
-                    self.discard_server();
-                    return Some(ErrorResponse::fatal(
-                        SqlState::CONNECTION_FAILURE,
-                        format!(
-                            "server connection for database \"{}\" was lost: {e}",
-                            self.database()
+                return Next::Idle;
+            }
+            match self.checkout().await {
+                Ok(conn) => self.hold(conn),
+                Err(e) => {
+                    let db = self.app.config().database(self.database());
+                    return Next::close(match db {
+                        Some(db) => crate::client::checkout_error(&db, e),
+                        None => ErrorResponse::fatal(
+                            SqlState::UNKNOWN_DATABASE,
+                            format!("database \"{}\" was removed", self.database()),
                         ),
-                    ));
-                }
-                Outcome::ClientProtocol(e) => {
-                    self.discard_server();
-                    return Some(protocol_error(e));
-                }
-                Outcome::ServerProtocol(e) => {
-                    self.discard_server();
-                    return Some(ErrorResponse::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!("server sent an invalid message: {e}"),
-                    ));
-                }
-                Outcome::TransactionInStatementMode => {
-                    self.discard_server();
-                    return Some(ErrorResponse::fatal(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "transaction blocks are not allowed in statement pooling mode",
-                    ));
-                }
-                Outcome::QueryTimeout => {
-                    self.discard_server();
-                    return Some(ErrorResponse::fatal(
-                        SqlState::QUERY_CANCELED,
-                        "query_timeout: the query ran too long; connection closed",
-                    ));
-                }
-                Outcome::IdleTransactionTimeout => {
-                    self.discard_server();
-                    return Some(ErrorResponse::fatal(
-                        SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
-                        "idle_transaction_timeout: the transaction was idle too long; connection closed",
-                    ));
+                    });
                 }
             }
         }
+        let outcome = {
+            let server = self.server.as_mut().expect("server held");
+            let mut rewriting = match self.statements.as_deref_mut() {
+                Some(client) if rewrite => {
+                    client.start_stretch(max_prepared);
+                    Some(Rewriting {
+                        client,
+                        server: &mut server.prepared,
+                    })
+                }
+                _ => None,
+            };
+            if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut(), &self.info) {
+                outcome
+            } else {
+                pump.run(
+                    &mut self.client,
+                    &mut server.stream,
+                    self.mode,
+                    timers,
+                    rewriting,
+                    &self.info,
+                )
+                .await
+            }
+        };
+        self.status = pump.status;
+        if self.take_param_changes() {
+            // The client changed what pgberth cannot carry to another server connection.
+            self.discard_server();
+        }
+        match outcome {
+            Outcome::Done => {
+                if self.mode != PoolMode::Session
+                    && let Some(conn) = self.release()
+                {
+                    Box::pin(self.finish_clean(conn)).await;
+                }
+            }
+            Outcome::ClientLeft { clean } => {
+                if !clean {
+                    self.discard_server();
+                }
+                return Next::Close(None);
+            }
+            Outcome::ServerLost(e) => {
+                self.discard_server();
+                return Next::close(ErrorResponse::fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    format!(
+                        "server connection for database \"{}\" was lost: {e}",
+                        self.database()
+                    ),
+                ));
+            }
+            Outcome::ClientProtocol(e) => {
+                self.discard_server();
+                return Next::close(protocol_error(e));
+            }
+            Outcome::ServerProtocol(e) => {
+                self.discard_server();
+                return Next::close(ErrorResponse::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    format!("server sent an invalid message: {e}"),
+                ));
+            }
+            Outcome::TransactionInStatementMode => {
+                self.discard_server();
+                return Next::close(ErrorResponse::fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "transaction blocks are not allowed in statement pooling mode",
+                ));
+            }
+            Outcome::QueryTimeout => {
+                self.discard_server();
+                return Next::close(ErrorResponse::fatal(
+                    SqlState::QUERY_CANCELED,
+                    "query_timeout: the query ran too long; connection closed",
+                ));
+            }
+            Outcome::IdleTransactionTimeout => {
+                self.discard_server();
+                return Next::close(ErrorResponse::fatal(
+                    SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                    "idle_transaction_timeout: the transaction was idle too long; connection closed",
+                ));
+            }
+        }
+        Next::Idle
     }
 }
 
@@ -489,67 +508,83 @@ fn protocol_error(e: FrameError) -> ErrorResponse {
 
 /// Waits, holding no buffer, until the client (or the held server, in session mode) has bytes.
 /// `Err(None)` when the client is gone, `Err(Some(_))` on client_idle_timeout.
-async fn wait_idle(
-    client: &Stream,
-    server: Option<&ServerConn>,
+///
+/// Polls readiness directly, so the future keeps three pointers: an idle client's task stays
+/// small.
+fn wait_idle<'a>(
+    client: &'a Stream,
+    server: Option<&'a ServerConn>,
     idle_timeout: Duration,
-) -> Result<(), Option<ErrorResponse>> {
-    // Polling readiness directly keeps no future state: an idle client's task stays small.
-    let readable = poll_fn(|cx| {
-        let client_ready = client.poll_read_ready(cx);
-        let server_ready = server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx));
-        match (client_ready, server_ready) {
-            (Poll::Ready(r), _) | (_, Poll::Ready(r)) => Poll::Ready(r),
+) -> impl Future<Output = Result<(), Option<ErrorResponse>>> + 'a {
+    let mut deadline =
+        (!idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_timeout)));
+    poll_fn(move |cx| {
+        let ready = match client.poll_read_ready(cx) {
+            Poll::Pending => server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx)),
+            ready => ready,
+        };
+        if let Poll::Ready(result) = ready {
+            return Poll::Ready(result.map_err(|_| None));
+        }
+        match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(Some(ErrorResponse::fatal(
+                SqlState::IDLE_SESSION_TIMEOUT,
+                "client_idle_timeout: the client was idle too long; connection closed",
+            )))),
             _ => Poll::Pending,
         }
-    });
-    let result = if idle_timeout.is_zero() {
-        readable.await
-    } else {
-        match Box::pin(tokio::time::timeout(idle_timeout, readable)).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(Some(ErrorResponse::fatal(
-                    SqlState::IDLE_SESSION_TIMEOUT,
-                    "client_idle_timeout: the client was idle too long; connection closed",
-                )));
-            }
-        }
-    };
-    result.map_err(|_| None)
+    })
 }
 
-/// The timeouts and limits of a session, copied from the config at login (small, so an idle
-/// client does not keep the whole config alive).
+/// The timeouts and limits of a session, copied from the config at login. Milliseconds in
+/// u32: an idle client's task keeps these, and every byte of it counts.
 #[derive(Debug, Clone, Copy)]
 struct Timers {
-    client_idle_timeout: Duration,
-    query_timeout: Duration,
-    idle_transaction_timeout: Duration,
-    max_packet_size: usize,
+    client_idle_ms: u32,
+    query_ms: u32,
+    idle_transaction_ms: u32,
+    max_packet_size: u32,
+}
+
+/// A timeout in whole milliseconds, rounded up so that a tiny timeout does not turn into none.
+fn millis(timeout: Duration) -> u32 {
+    let ms = timeout.as_micros().div_ceil(1000);
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 impl Timers {
     fn new(general: &crate::config::General) -> Timers {
         Timers {
-            client_idle_timeout: general.client_idle_timeout,
-            query_timeout: general.query_timeout,
-            idle_transaction_timeout: general.idle_transaction_timeout,
-            max_packet_size: general.max_packet_size as usize,
+            client_idle_ms: millis(general.client_idle_timeout),
+            query_ms: millis(general.query_timeout),
+            idle_transaction_ms: millis(general.idle_transaction_timeout),
+            max_packet_size: general.max_packet_size,
         }
     }
 
+    fn client_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_idle_ms.into())
+    }
+
+    fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_ms.into())
+    }
+
+    fn idle_transaction_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_transaction_ms.into())
+    }
+
     fn enabled(&self) -> bool {
-        !self.query_timeout.is_zero() || !self.idle_transaction_timeout.is_zero()
+        self.query_ms != 0 || self.idle_transaction_ms != 0
     }
 
     /// The shortest of the enabled relay timeouts.
     fn shortest(&self) -> Duration {
-        [self.query_timeout, self.idle_transaction_timeout]
+        [self.query_ms, self.idle_transaction_ms]
             .into_iter()
-            .filter(|t| !t.is_zero())
+            .filter(|&t| t != 0)
             .min()
-            .unwrap_or(Duration::from_secs(1))
+            .map_or(Duration::from_secs(1), |t| Duration::from_millis(t.into()))
     }
 }
 
@@ -600,7 +635,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(status: TxStatus, max_client_message: usize, rewrite: bool, timed: bool) -> Pump {
+    fn new(status: TxStatus, max_client_message: u32, rewrite: bool, timed: bool) -> Pump {
         // The activity times are kept only for the relay timeouts: no clock read without them.
         let now = if timed {
             Instant::now()
@@ -614,7 +649,7 @@ impl Pump {
             sbuf: Buffer::take(),
             slen: 0,
             soff: 0,
-            max_client_message: u32::try_from(max_client_message).unwrap_or(u32::MAX),
+            max_client_message,
             staged: false,
             rewrite,
             unprocessed: 0,
@@ -896,18 +931,18 @@ impl Pump {
 
     /// The next timeout that could end this stretch, and what it would mean.
     fn deadline(&self, timers: Timers) -> Option<(Instant, Outcome)> {
-        if self.pending > 0 && !timers.query_timeout.is_zero() {
+        if self.pending > 0 && !timers.query_timeout().is_zero() {
             return Some((
-                self.server_active + timers.query_timeout,
+                self.server_active + timers.query_timeout(),
                 Outcome::QueryTimeout,
             ));
         }
         if self.pending == 0
             && self.status != TxStatus::Idle
-            && !timers.idle_transaction_timeout.is_zero()
+            && !timers.idle_transaction_timeout().is_zero()
         {
             return Some((
-                self.client_active + timers.idle_transaction_timeout,
+                self.client_active + timers.idle_transaction_timeout(),
                 Outcome::IdleTransactionTimeout,
             ));
         }
