@@ -54,8 +54,13 @@ pub struct App {
     pub stats_periods: Periods,
     /// Paused, suspended and disabled databases (admin console control commands).
     pub control: crate::admin::Control,
+    /// Idle clients off the runtime, started at the first one (`None` if it could not start).
+    parking: std::sync::OnceLock<Option<Arc<crate::parking::Parking>>>,
     state: watch::Sender<RunState>,
 }
+
+/// Clients idle this long are asked to park (microseconds).
+const PARK_IDLE_AFTER_US: u64 = 1_000_000;
 
 /// A connected client counted against `max_client_conn`; uncounted on drop.
 #[derive(Debug)]
@@ -93,8 +98,54 @@ impl App {
             clients_registry: Clients::default(),
             stats_periods: Periods::default(),
             control: Default::default(),
+            parking: Default::default(),
             state: watch::channel(RunState::Running).0,
         })
+    }
+
+    /// Where idle clients park; started at first use, from within the runtime.
+    pub fn parking(&self) -> Option<&Arc<crate::parking::Parking>> {
+        self.parking
+            .get_or_init(|| match crate::parking::Parking::start() {
+                Ok(parking) => Some(parking),
+                Err(e) => {
+                    tracing::warn!("idle clients cannot park, each keeps its task: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Asks clients idle for a second to park. Those that may not (TLS, holding a server
+    /// connection) never armed a waker and are not woken.
+    fn park_idle_clients(&self) {
+        if self.parking.get().and_then(Option::as_ref).is_none() {
+            return;
+        }
+        let since = crate::stats::now_us().saturating_sub(PARK_IDLE_AFTER_US);
+        for client in self.clients_registry.lock().values() {
+            if client.idle_since_before(since) {
+                client.request_park();
+            }
+        }
+    }
+
+    /// Clients parked now (idle, off the runtime).
+    pub fn parked_clients(&self) -> usize {
+        self.parking
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, |parking| parking.len())
+    }
+
+    /// Closes a client (KILL_CLIENT, KILL): ends its task, or takes it out of the parking.
+    pub fn kill_client(&self, info: &ClientInfo) -> bool {
+        let parked = self
+            .parking
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(|parking| parking.evict(info.id));
+        parked || info.kill()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -266,9 +317,9 @@ impl App {
         }
     }
 
-    /// Runs pool upkeep until the process stops: every quarter second the waiting lines
-    /// (`reserve_pool_timeout`, `query_wait_timeout`), every second idle and lifetime expiry
-    /// and `min_pool_size`.
+    /// Runs upkeep until the process stops: every quarter second the waiting lines
+    /// (`reserve_pool_timeout`, `query_wait_timeout`) and parking of clients idle for a second,
+    /// every second idle and lifetime expiry and `min_pool_size`.
     pub async fn maintenance(self: Arc<App>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,6 +328,7 @@ impl App {
             for pool in self.pools() {
                 pool.expire_waiters();
             }
+            self.park_idle_clients();
             if round % 4 != 0 {
                 continue;
             }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod metrics;
+pub mod parking;
 pub mod pool;
 pub mod prepared;
 pub mod process;

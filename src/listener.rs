@@ -133,7 +133,7 @@ fn start_client(app: &Arc<App>, stream: Stream) {
     let (slot, admitted) = app.admit_client(crate::registry::Ends::of(&stream));
     let info = slot.info.clone();
     let task = tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
-    crate::registry::Clients::set_abort(&info, task.abort_handle());
+    info.set_abort(Some(task.abort_handle()));
 }
 
 /// Accepts TCP clients until the process stops accepting; not while SUSPENDed (new

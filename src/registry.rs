@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
 
 use tokio::task::AbortHandle;
 
@@ -91,7 +92,15 @@ pub struct ClientInfo {
     /// Named prepared statements the client has now (transaction and statement mode).
     pub prepared: AtomicU64,
     pub counters: LiveCounters,
-    abort: OnceLock<AbortHandle>,
+    /// The client's current task (a parked client gets a new one when it resumes).
+    abort: Mutex<Option<AbortHandle>>,
+    /// The task of a client waiting idle that may park, to wake when it has been idle long
+    /// enough (`App::maintenance`). Set once per task, not per wait.
+    idle_waker: Mutex<Option<Waker>>,
+    /// `idle_waker` holds the current task's waker.
+    waker_armed: AtomicBool,
+    /// Set by the upkeep: the client has been idle a while and should park.
+    park_requested: AtomicBool,
 }
 
 impl ClientInfo {
@@ -144,6 +153,59 @@ impl ClientInfo {
         self.set_state(ClientState::Active);
     }
 
+    /// Records the client's current task, for KILL_CLIENT; `None` when it parks (a handle
+    /// would keep the ended task's memory).
+    pub fn set_abort(&self, handle: Option<AbortHandle>) {
+        *self.abort.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// Lets the upkeep wake this client's task to park it, unless it already can. Called by
+    /// an idle task that may park: one atomic load, and the lock only once per task.
+    pub fn arm_idle_waker(&self, waker: &Waker) {
+        if !self.waker_armed.load(Ordering::Acquire) {
+            *self.idle_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            self.waker_armed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Forgets the waker of a task that ended (parked): it would keep the task's memory.
+    pub fn disarm_idle_waker(&self) {
+        self.waker_armed.store(false, Ordering::Release);
+        self.park_requested.store(false, Ordering::Release);
+        *self.idle_waker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Asks an idle client to park, if its task waits idle and may park.
+    pub fn request_park(&self) {
+        if !self.waker_armed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let waker = self
+            .idle_waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waker) = waker {
+            self.park_requested.store(true, Ordering::Release);
+            waker.wake();
+        }
+    }
+
+    /// Whether the upkeep asked this client to park; the request is consumed.
+    pub fn take_park_request(&self) -> bool {
+        self.park_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the client has been idle (between requests, holding no server connection) since
+    /// before `since_us`.
+    pub fn idle_since_before(&self, since_us: u64) -> bool {
+        let last = self
+            .request_us
+            .load(Ordering::Relaxed)
+            .max(self.connected_us);
+        self.state() == ClientState::Active && self.held_backend().is_none() && last < since_us
+    }
+
     /// Microseconds the client has waited for a server connection (0 when not waiting).
     pub fn waited_us(&self, now: u64) -> u64 {
         if self.state() != ClientState::Waiting {
@@ -154,7 +216,7 @@ impl ClientInfo {
 
     /// Ends the client's task (KILL_CLIENT, KILL). Its server connection, if any, is closed.
     pub fn kill(&self) -> bool {
-        match self.abort.get() {
+        match &*self.abort.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(handle) => {
                 handle.abort();
                 true
@@ -185,15 +247,13 @@ impl Clients {
             wait_since_us: AtomicU64::new(0),
             prepared: AtomicU64::new(0),
             counters: LiveCounters::default(),
-            abort: OnceLock::new(),
+            abort: Mutex::new(None),
+            idle_waker: Mutex::new(None),
+            waker_armed: AtomicBool::new(false),
+            park_requested: AtomicBool::new(false),
         });
         self.lock().insert(info.id, info.clone());
         info
-    }
-
-    /// Lets KILL_CLIENT end the client's task.
-    pub fn set_abort(info: &ClientInfo, handle: AbortHandle) {
-        let _ = info.abort.set(handle);
     }
 
     /// Removes a client whose task ended, folding its counters into its pool's totals under

@@ -48,8 +48,26 @@ pub struct Session {
 enum Next {
     /// The client is idle again (it may still hold its server connection in session mode).
     Idle,
+    /// The wake-up had no bytes behind it (readiness left over from an earlier read).
+    NothingRead,
     /// The session ends; `Some` is the error to send the client first.
     Close(Option<ErrorResponse>),
+    /// The client stayed quiet after logging in (or after resuming): it parks.
+    Park,
+}
+
+/// How long a client that may park must stay quiet, after logging in or resuming, before it
+/// does. Short enough that idle clients cost little soon after connecting; long enough that a
+/// client that sends its first query at once (pgbench -C) never parks.
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// How a session's `run` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The client is gone.
+    Closed,
+    /// The client is idle and may park (`parking.rs`): its socket is still on the runtime.
+    Park,
 }
 
 impl Next {
@@ -288,11 +306,48 @@ impl Session {
         unknown
     }
 
-    /// Relays until the client leaves, then cleans up.
-    pub async fn run(&mut self) {
-        let reason = self.relay_until_done().await;
+    /// Relays until the client leaves, then cleans up; or until it has been quiet long
+    /// enough to park.
+    pub async fn run(&mut self) -> RunEnd {
+        let reason = match self.relay_until_done().await {
+            Next::Park => return RunEnd::Park,
+            Next::Close(reason) => reason,
+            Next::Idle | Next::NothingRead => None,
+        };
         // Boxed: the goodbye is rare and must not enlarge every client's task.
         Box::pin(self.close(reason)).await;
+        RunEnd::Closed
+    }
+
+    /// A client may park when it holds no server connection, its socket is plaintext, and no
+    /// client_idle_timeout is watching it.
+    fn may_park(&self, timers: &Timers) -> bool {
+        self.server.is_none()
+            && timers.client_idle_ms == 0
+            && matches!(self.client, Stream::Tcp(_) | Stream::Unix(_))
+            && self.app.parking().is_some()
+    }
+
+    /// Takes the client's socket off the runtime, to park.
+    pub fn take_client_off_runtime(&mut self) -> io::Result<std::os::fd::RawFd> {
+        self.client.take_off_runtime()
+    }
+
+    /// Puts a resumed client's socket back on the runtime.
+    pub fn put_client_back_on_runtime(&mut self) -> io::Result<()> {
+        self.client.put_back_on_runtime()
+    }
+
+    /// The socket of a parked client.
+    pub fn parked_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.client {
+            Stream::Parked(Some(off)) => Some(off.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
     }
 
     /// Returns or closes the server connection and says goodbye to the client.
@@ -342,18 +397,35 @@ impl Session {
         self.pool.checkin(conn);
     }
 
-    /// Returns `None` when the client left normally, or the error to send it before closing.
-    async fn relay_until_done(&mut self) -> Option<ErrorResponse> {
+    /// Relays stretch after stretch, waiting idle in between; ends with `Next::Close` (`None`
+    /// when the client left normally, or the error to send it) or `Next::Park`.
+    async fn relay_until_done(&mut self) -> Next {
         let timers = Timers::new(&self.app.config().general);
+        // A park timer runs at the first idle moment after login or resuming only: a busy
+        // client arms no timer per transaction. Later, the upkeep asks clients that have been
+        // idle a while to park (`App::maintenance`).
+        let mut park_soon = self.may_park(&timers);
         loop {
             // Idle: no bytes in flight, no buffer held.
+            let parks = (!park_soon && self.may_park(&timers)).then_some(&*self.info);
+            let timer = if park_soon {
+                IdleTimer::Park(PARK_AFTER)
+            } else if timers.client_idle_ms != 0 {
+                IdleTimer::Close(timers.client_idle_timeout())
+            } else {
+                IdleTimer::None
+            };
             let server = self.server.as_deref();
-            if let Err(e) = wait_idle(&self.client, server, timers.client_idle_timeout()).await {
-                return e;
+            match wait_idle(&self.client, server, timer, parks).await {
+                Ok(Idle::Readable) => {}
+                Ok(Idle::Quiet) => return Next::Park,
+                Err(e) => return Next::Close(e),
             }
             // Boxed while it runs: an idle client's task keeps only the state above.
-            if let Next::Close(reason) = Box::pin(self.stretch(timers)).await {
-                return reason;
+            match Box::pin(self.stretch(timers)).await {
+                Next::NothingRead => {}
+                Next::Idle => park_soon = false,
+                next => return next,
             }
         }
     }
@@ -372,7 +444,7 @@ impl Session {
         if self.server.is_none() {
             match pump.read_client_now(&mut self.client, &self.info) {
                 Ok(true) => {}
-                Ok(false) => return Next::Idle,
+                Ok(false) => return Next::NothingRead,
                 Err(Outcome::ClientLeft { .. }) => return Next::Close(None),
                 Err(Outcome::ClientProtocol(e)) => return Next::close(protocol_error(e)),
                 Err(_) => return Next::Close(None),
@@ -506,27 +578,57 @@ fn protocol_error(e: FrameError) -> ErrorResponse {
     )
 }
 
+/// The timer of an idle wait.
+enum IdleTimer {
+    None,
+    /// client_idle_timeout: close the client when it fires.
+    Close(Duration),
+    /// Park the client when it fires.
+    Park(Duration),
+}
+
+/// How an idle wait ended.
+enum Idle {
+    /// The client (or the held server) has bytes, or closed.
+    Readable,
+    /// The park timer fired first.
+    Quiet,
+}
+
 /// Waits, holding no buffer, until the client (or the held server, in session mode) has bytes.
 /// `Err(None)` when the client is gone, `Err(Some(_))` on client_idle_timeout.
 ///
-/// Polls readiness directly, so the future keeps three pointers: an idle client's task stays
+/// Polls readiness directly, so the future keeps four words: an idle client's task stays
 /// small.
+///
+/// `parks`: the client may park when the upkeep asks it to.
 fn wait_idle<'a>(
     client: &'a Stream,
     server: Option<&'a ServerConn>,
-    idle_timeout: Duration,
-) -> impl Future<Output = Result<(), Option<ErrorResponse>>> + 'a {
-    let mut deadline =
-        (!idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_timeout)));
+    timer: IdleTimer,
+    parks: Option<&'a ClientInfo>,
+) -> impl Future<Output = Result<Idle, Option<ErrorResponse>>> + 'a {
+    let (mut deadline, timer_parks) = match timer {
+        IdleTimer::None => (None, false),
+        IdleTimer::Close(after) => (Some(Box::pin(tokio::time::sleep(after))), false),
+        IdleTimer::Park(after) => (Some(Box::pin(tokio::time::sleep(after))), true),
+    };
     poll_fn(move |cx| {
         let ready = match client.poll_read_ready(cx) {
             Poll::Pending => server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx)),
             ready => ready,
         };
         if let Poll::Ready(result) = ready {
-            return Poll::Ready(result.map_err(|_| None));
+            return Poll::Ready(result.map(|()| Idle::Readable).map_err(|_| None));
+        }
+        if let Some(info) = parks {
+            if info.take_park_request() {
+                return Poll::Ready(Ok(Idle::Quiet));
+            }
+            info.arm_idle_waker(cx.waker());
         }
         match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) if timer_parks => Poll::Ready(Ok(Idle::Quiet)),
             Some(Poll::Ready(())) => Poll::Ready(Err(Some(ErrorResponse::fatal(
                 SqlState::IDLE_SESSION_TIMEOUT,
                 "client_idle_timeout: the client was idle too long; connection closed",

@@ -21,6 +21,30 @@ pub enum Stream {
     TlsFromClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS pgberth opened to a server.
     TlsToServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A parked client's socket, taken off the runtime (`parking.rs`); `None` only for the
+    /// moment it is being moved. Every I/O call on it fails.
+    Parked(Option<OffRuntime>),
+}
+
+/// A plaintext socket outside the runtime, waiting in the parking thread's poll.
+#[derive(Debug)]
+pub enum OffRuntime {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl OffRuntime {
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            OffRuntime::Tcp(s) => s.as_raw_fd(),
+            OffRuntime::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+fn parked_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the socket is parked")
 }
 
 /// Forwards a call to whichever stream type is inside.
@@ -31,6 +55,7 @@ macro_rules! each {
             Stream::Unix($s) => $e,
             Stream::TlsFromClient($s) => $e,
             Stream::TlsToServer($s) => $e,
+            Stream::Parked(_) => Poll::Ready(Err(parked_error())),
         }
     };
 }
@@ -58,7 +83,38 @@ impl Stream {
                     Poll::Ready(Ok(()))
                 }
             }
+            Stream::Parked(_) => Poll::Ready(Err(parked_error())),
         }
+    }
+
+    /// Takes a plaintext socket off the runtime: it gives up its registration (and with it
+    /// the runtime's per-socket state) and becomes `Stream::Parked`. TLS streams stay.
+    pub fn take_off_runtime(&mut self) -> io::Result<std::os::fd::RawFd> {
+        let off = match std::mem::replace(self, Stream::Parked(None)) {
+            Stream::Tcp(s) => s.into_std().map(OffRuntime::Tcp),
+            Stream::Unix(s) => s.into_std().map(OffRuntime::Unix),
+            other => {
+                *self = other;
+                return Err(io::Error::other("only plaintext sockets park"));
+            }
+        };
+        let off = off?;
+        let fd = off.as_raw_fd();
+        *self = Stream::Parked(Some(off));
+        Ok(fd)
+    }
+
+    /// Puts a parked socket back on the runtime (must be called from within it).
+    pub fn put_back_on_runtime(&mut self) -> io::Result<()> {
+        let Stream::Parked(off) = self else {
+            return Ok(());
+        };
+        *self = match off.take() {
+            Some(OffRuntime::Tcp(s)) => Stream::Tcp(TcpStream::from_std(s)?),
+            Some(OffRuntime::Unix(s)) => Stream::Unix(UnixStream::from_std(s)?),
+            None => return Err(parked_error()),
+        };
+        Ok(())
     }
 
     /// Reads what is available without waiting: `Ok(None)` when nothing is.
@@ -86,6 +142,7 @@ impl Stream {
             Stream::Unix(_) => None,
             Stream::TlsFromClient(s) => Some(s.get_ref().0),
             Stream::TlsToServer(s) => Some(s.get_ref().0),
+            Stream::Parked(_) => None,
         }
     }
 

@@ -381,7 +381,7 @@ pub(super) async fn execute(
                 .cloned()
                 .collect();
             for client in &doomed {
-                client.kill();
+                app.kill_client(client);
             }
             for pool in pools_of(app, Some(db)) {
                 pool.reconnect();
@@ -401,7 +401,7 @@ pub(super) async fn execute(
                 .ok()
                 .and_then(|id| app.clients_registry.get(id));
             match client {
-                Some(client) if client.kill() => {
+                Some(client) if app.kill_client(&client) => {
                     let (database, user) = client.names();
                     tracing::info!(
                         "KILL_CLIENT {id} command issued: client of user {user} on database {database} disconnected"

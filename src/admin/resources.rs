@@ -13,6 +13,7 @@ pub(crate) fn mem(app: &App) -> Table {
     let servers: usize = app.pools().iter().map(|p| p.server_count()).sum();
     let buffers = crate::buffer::ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
     let statements = app.statements.live();
+    let parked = app.parked_clients();
     let row = |name: &str, size: usize, used: usize| {
         vec![
             name.to_owned(),
@@ -33,6 +34,7 @@ pub(crate) fn mem(app: &App) -> Table {
         rows: vec![
             row("client_info", size_of::<ClientInfo>(), clients),
             row("server_info", size_of::<ServerInfo>(), servers),
+            row("parked_client", size_of::<crate::parking::Parked>(), parked),
             row("relay_buffer", crate::buffer::BUFFER_SIZE, buffers),
             row(
                 "prepared_statement",
