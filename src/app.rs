@@ -12,7 +12,6 @@ use tokio::sync::watch;
 
 use crate::auth::auth_query::SecretCache;
 use crate::auth::hba::HbaRules;
-use crate::cancel::CancelMap;
 use crate::config::{Config, Database};
 use crate::pool::{Limit, Pool, PoolKey, PoolSettings};
 use crate::process::Loaded;
@@ -39,7 +38,6 @@ pub struct App {
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
     clients: AtomicUsize,
-    pub cancel: CancelMap,
     /// Named prepared statements of all clients, by text (transaction and statement mode).
     pub statements: Arc<crate::prepared::Registry>,
     /// Prepared statements parsed on servers, reused and evicted, over all clients.
@@ -90,7 +88,6 @@ impl App {
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
             clients: AtomicUsize::new(0),
-            cancel: CancelMap::default(),
             statements: Arc::default(),
             statement_totals: Default::default(),
             auth_cache: SecretCache::default(),

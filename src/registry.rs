@@ -16,8 +16,6 @@ use crate::pool::Pool;
 use crate::stats::{LiveCounters, Stat, now_us};
 use crate::stream::Stream;
 
-static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
-
 /// What a client is doing, as SHOW CLIENTS and SHOW POOLS name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -74,7 +72,11 @@ pub struct ClientLogin {
 /// One connected client.
 #[derive(Debug)]
 pub struct ClientInfo {
+    /// Random, unique among connected clients, below 2^31: also the process id in the
+    /// client's BackendKeyData (`cancel.rs`).
     pub id: u64,
+    /// The secret in the client's BackendKeyData.
+    pub cancel_secret: u32,
     pub ends: Ends,
     /// [`now_us`] at accept.
     pub connected_us: u64,
@@ -193,7 +195,9 @@ impl ClientInfo {
 
     /// Whether the upkeep asked this client to park; the request is consumed.
     pub fn take_park_request(&self) -> bool {
-        self.park_requested.swap(false, Ordering::AcqRel)
+        // A plain load first: no read-modify-write per idle wait.
+        self.park_requested.load(Ordering::Acquire)
+            && self.park_requested.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the client has been idle (between requests, holding no server connection) since
@@ -235,8 +239,16 @@ pub struct Clients {
 impl Clients {
     /// Registers a client just accepted.
     pub fn register(&self, ends: Ends) -> Arc<ClientInfo> {
+        let mut map = self.lock();
+        let id = loop {
+            let id = u64::from(rand::random::<u32>() & 0x7fff_ffff);
+            if id != 0 && !map.contains_key(&id) {
+                break id;
+            }
+        };
         let info = Arc::new(ClientInfo {
-            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            cancel_secret: rand::random(),
             ends,
             connected_us: now_us(),
             login: OnceLock::new(),
@@ -252,7 +264,7 @@ impl Clients {
             waker_armed: AtomicBool::new(false),
             park_requested: AtomicBool::new(false),
         });
-        self.lock().insert(info.id, info.clone());
+        map.insert(id, info.clone());
         info
     }
 

@@ -15,7 +15,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::app::App;
 use crate::buffer::Buffer;
-use crate::cancel::ClientKey;
 use crate::config::PoolMode;
 use crate::pool::{ParamValue, Pool, ServerConn};
 use crate::prepared::{ClientState, ParamChange, Rewriting};
@@ -35,7 +34,6 @@ pub struct Session {
     server: Option<Box<ServerConn>>,
     /// Transaction status of the held server connection at the last ReadyForQuery.
     status: TxStatus,
-    key: ClientKey,
     /// The client's registry entry: names, state and statistics counters.
     info: Arc<ClientInfo>,
     /// Startup parameters the client asked for, applied to every server connection it gets.
@@ -98,20 +96,17 @@ enum Outcome {
 impl Drop for Session {
     // Also runs when KILL or KILL_CLIENT aborts the client's task mid-way.
     fn drop(&mut self) {
-        self.app.cancel.unregister(self.key);
         self.pool.count_client(false);
     }
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: Arc<App>,
         client: Stream,
         pool: Arc<Pool>,
         mode: PoolMode,
         server: Option<Box<ServerConn>>,
-        key: ClientKey,
         info: Arc<ClientInfo>,
         wanted_params: Vec<(String, String)>,
     ) -> Session {
@@ -123,7 +118,6 @@ impl Session {
             mode,
             server: None,
             status: TxStatus::Idle,
-            key,
             info,
             wanted_params: wanted_params
                 .iter()
@@ -421,8 +415,7 @@ impl Session {
                 Ok(Idle::Quiet) => return Next::Park,
                 Err(e) => return Next::Close(e),
             }
-            // Boxed while it runs: an idle client's task keeps only the state above.
-            match Box::pin(self.stretch(timers)).await {
+            match self.stretch(timers).await {
                 Next::NothingRead => {}
                 Next::Idle => park_soon = false,
                 next => return next,

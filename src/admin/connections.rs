@@ -48,7 +48,7 @@ pub(crate) fn clients(app: &App) -> Table {
         })
         .collect();
     let mut clients: Vec<_> = app.clients_registry.lock().values().cloned().collect();
-    clients.sort_by_key(|c| c.id);
+    clients.sort_by_key(|c| (c.connected_us, c.id));
     let rows = clients
         .iter()
         .map(|c| client_row(c, held.get(&c.id).copied(), now, port))
