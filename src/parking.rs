@@ -26,8 +26,9 @@ pub struct Parked {
 #[derive(Debug)]
 pub struct Parking {
     registry: mio::Registry,
-    /// Parked clients by client id (also their poll token).
-    table: Mutex<HashMap<u64, Parked>>,
+    /// Parked clients by client id (also their poll token). Boxed: the table keeps spare
+    /// capacity, and a spare slot costs a pointer rather than a whole session.
+    table: Mutex<HashMap<u64, Box<Parked>>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -47,7 +48,7 @@ impl Parking {
         Ok(parking)
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<u64, Parked>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<u64, Box<Parked>>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -59,7 +60,7 @@ impl Parking {
         // KILL_CLIENT finds the client here from now on.
         parked.slot.info.set_abort(None);
         parked.slot.info.disarm_idle_waker();
-        table.insert(id, parked);
+        table.insert(id, Box::new(parked));
         let token = Token(id as usize);
         if let Err(e) = self
             .registry
@@ -101,10 +102,10 @@ impl Parking {
 
     /// Gives a client a new task. Called with the table locked, so that KILL_CLIENT finds the
     /// client either parked or with its new task's abort handle.
-    fn resume(&self, parked: Parked) {
+    fn resume(&self, parked: Box<Parked>) {
         self.forget(&parked);
         let info = parked.slot.info.clone();
-        let task = self.runtime.spawn(crate::client::resume(parked));
+        let task = self.runtime.spawn(crate::client::resume(*parked));
         info.set_abort(Some(task.abort_handle()));
     }
 
