@@ -322,6 +322,7 @@ impl App {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for round in 0u64.. {
             tick.tick().await;
+            crate::stats::tick_coarse_clock();
             for pool in self.pools() {
                 pool.expire_waiters();
             }

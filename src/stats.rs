@@ -188,6 +188,21 @@ pub fn now_us() -> u64 {
     CLOCK_START.0.elapsed().as_micros() as u64 + 1
 }
 
+/// The coarse clock: a [`now_us`] reading refreshed by [`tick_coarse_clock`].
+static COARSE_US: AtomicU64 = AtomicU64::new(0);
+
+/// Refreshes the coarse clock; the upkeep calls it every quarter second.
+pub fn tick_coarse_clock() {
+    COARSE_US.store(now_us(), Ordering::Relaxed);
+}
+
+/// Now, to within the upkeep's quarter second and without reading the clock: for pool
+/// bookkeeping whose limits are in seconds (idle time, lifetime, health-check delay), so that
+/// a transaction's checkout and checkin read no clock.
+pub fn coarse_now() -> Instant {
+    CLOCK_START.0 + Duration::from_micros(COARSE_US.load(Ordering::Relaxed))
+}
+
 /// The instant [`now_us`] counts from.
 pub fn clock_start() -> Instant {
     CLOCK_START.0

@@ -529,7 +529,7 @@ impl Pool {
             return None;
         }
         let settings = self.settings.load();
-        let now = Instant::now();
+        let now = crate::stats::coarse_now();
         let mut stale = Vec::new();
         let found = {
             let mut inner = self.lock();
@@ -838,7 +838,7 @@ impl Pool {
     /// count is touched here).
     pub fn checkin(self: &Arc<Pool>, mut conn: Box<ServerConn>) {
         debug_assert!(Arc::ptr_eq(self, conn.pool()), "checked in to another pool");
-        let now = Instant::now();
+        let now = crate::stats::coarse_now();
         conn.info
             .released(crate::stats::us_at(now), conn.prepared.len());
         let pool = self;
