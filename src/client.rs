@@ -20,6 +20,10 @@ use crate::relay::{RunEnd, Session};
 use crate::server::ServerConnectError;
 use crate::stream::{ReadError, Stream, read_message};
 
+/// Capacity of the buffers an authentication exchange writes and reads: its messages fit, so
+/// a login grows no buffer.
+const LOGIN_BUFFER: usize = 256;
+
 /// Startup parameters PgBouncer passes on; any other is refused unless listed in
 /// `ignore_startup_parameters`.
 const TRACKED_PARAMETERS: &[&str] = &[
@@ -814,10 +818,10 @@ async fn plain_auth(
     user: &str,
     secret: Option<&Secret>,
 ) -> Result<(), LoginError> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(LOGIN_BUFFER);
     build::auth_cleartext(&mut out);
     stream.send(&out).await?;
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
     read_password_message(stream, &mut buf).await?;
     let given = cstr_body(&buf);
     let ok = match secret {
@@ -843,10 +847,10 @@ async fn md5_auth(
     secret: Option<&Secret>,
 ) -> Result<(), LoginError> {
     let salt: [u8; 4] = rand::random();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(LOGIN_BUFFER);
     build::auth_md5(&mut out, salt);
     stream.send(&out).await?;
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
     read_password_message(stream, &mut buf).await?;
     let response = cstr_body(&buf);
     let stored = match secret {
@@ -873,11 +877,11 @@ async fn scram_auth(
     };
     let from_verifier = matches!(scram_secret, Some(ScramSecret::Verifier(_)));
     let mut server = ScramServer::new(user, scram_secret);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(LOGIN_BUFFER);
     build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
     stream.send(&out).await?;
 
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
     read_password_message(stream, &mut buf).await?;
     let initial = parse_sasl_initial(&buf[5..]);
     let Some(("SCRAM-SHA-256", data)) = initial else {

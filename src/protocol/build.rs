@@ -67,12 +67,13 @@ pub fn auth_md5(out: &mut Vec<u8>, salt: [u8; 4]) {
 }
 
 pub fn auth_sasl(out: &mut Vec<u8>, mechanisms: &[&str]) {
-    let mut data = Vec::new();
+    let start = begin(out, b'R');
+    out.extend_from_slice(&10u32.to_be_bytes());
     for m in mechanisms {
-        cstr(&mut data, m);
+        cstr(out, m);
     }
-    data.push(0);
-    auth(out, 10, &data);
+    out.push(0);
+    patch_len(out, start);
 }
 
 pub fn auth_sasl_continue(out: &mut Vec<u8>, data: &[u8]) {
