@@ -305,6 +305,13 @@ fn register_all(app: &App, registry: &mut Registry) {
         "Client connections, logged in or logging in, counted against max_client_conn",
         clients,
     );
+    let parked = Gauge::<i64>::default();
+    parked.set(app.parked_clients() as i64);
+    registry.register(
+        "parked_clients",
+        "Idle clients parked off the runtime (included in pgberth_clients)",
+        parked,
+    );
     let max_clients = Gauge::<i64>::default();
     max_clients.set(config.general.max_client_conn.into());
     registry.register(

@@ -239,6 +239,25 @@ async fn pool_gauges_show_active_and_waiting_clients_and_server_connections_afte
 }
 
 #[tokio::test]
+async fn parked_clients_counts_a_quiet_client_until_it_leaves() {
+    let instance = start(APP_LINE, "");
+    let pgberth = &instance.pgberth;
+    let client = pgberth.connect(SCRAM_USER, SCRAM_PASS, APP_DB).await;
+    instance
+        .wait_for_sample("pgberth_parked_clients", 1.0)
+        .await;
+    assert_eq!(
+        instance.sample("pgberth_clients"),
+        Some(1.0),
+        "still a client"
+    );
+    drop(client);
+    instance
+        .wait_for_sample("pgberth_parked_clients", 0.0)
+        .await;
+}
+
+#[tokio::test]
 async fn pool_gauges_count_a_client_waiting_for_a_full_pool() {
     let instance = start(
         "app = host=127.0.0.1 port=@PGPORT@ dbname=app pool_size=1",
