@@ -1,5 +1,5 @@
 //! The shared state of one running pgberth: the config snapshot, the pools, the client count
-//! and the cancel map. Passed around as `Arc<App>`, so several instances can live in one
+//! and registry, the parking and the upkeep. Passed around as `Arc<App>`, so several instances can live in one
 //! process (tests). Touched at login, checkout and checkin, never per message.
 
 use std::collections::{BTreeMap, HashMap};

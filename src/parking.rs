@@ -66,7 +66,7 @@ impl Parking {
             .registry
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
         {
-            tracing::warn!("could not park an idle client, it keeps its task: {e}");
+            tracing::warn!("could not park an idle client, it resumes at once: {e}");
             if let Some(parked) = table.remove(&id) {
                 self.resume(parked);
             }
