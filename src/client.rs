@@ -109,6 +109,18 @@ fn park(mut session: Session, slot: ClientSlot) {
     }
 }
 
+/// The task that closes a parked client idle past `client_idle_timeout`.
+#[allow(clippy::manual_async_fn)]
+pub fn close_idle(parked: Parked) -> impl Future<Output = ()> + Send {
+    async move {
+        let Parked { mut session, slot } = parked;
+        if session.put_client_back_on_runtime().is_ok() {
+            session.close_idle_timeout().await;
+        }
+        drop(slot);
+    }
+}
+
 /// A parked client's new task, started when its socket turns readable.
 #[allow(clippy::manual_async_fn)]
 pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send {

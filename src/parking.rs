@@ -2,11 +2,14 @@
 //! socket's runtime registration, the two largest parts of an idle client, and waits in one
 //! table watched by the parking thread's epoll. Its first byte puts it back on the runtime in
 //! a new task, where its session carries on where it stopped. Only plaintext clients that hold
-//! no server connection park (`Session::may_park`).
+//! no server connection park (`Session::may_park`). The parking thread also closes parked
+//! clients that stay idle past `client_idle_timeout`.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -22,13 +25,33 @@ pub struct Parked {
     pub slot: ClientSlot,
 }
 
+/// Why a parked client leaves the table.
+enum Wake {
+    /// Its socket turned readable: bytes, or the client closing.
+    Readable,
+    /// It stayed idle past `client_idle_timeout`.
+    IdleTimeout,
+}
+
+/// The parking thread wakes at least this often to close clients past `client_idle_timeout`.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The parked clients and, for `client_idle_timeout`, when each must be closed.
+#[derive(Debug, Default)]
+struct Table {
+    /// By client id (also their poll token). Boxed: the map keeps spare capacity, and a spare
+    /// slot costs a pointer rather than a whole session.
+    clients: HashMap<u64, (Box<Parked>, Option<Instant>)>,
+    /// (deadline, client id), soonest first; stale entries (the client resumed or left) are
+    /// skipped when they come up.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
 /// The parking table and the thread that watches it.
 #[derive(Debug)]
 pub struct Parking {
     registry: mio::Registry,
-    /// Parked clients by client id (also their poll token). Boxed: the table keeps spare
-    /// capacity, and a spare slot costs a pointer rather than a whole session.
-    table: Mutex<HashMap<u64, Box<Parked>>>,
+    table: Mutex<Table>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -38,7 +61,7 @@ impl Parking {
         let poll = Poll::new()?;
         let parking = Arc::new(Parking {
             registry: poll.registry().try_clone()?,
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         });
         let watcher = parking.clone();
@@ -48,36 +71,48 @@ impl Parking {
         Ok(parking)
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<u64, Box<Parked>>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Parks a client whose socket is already off the runtime (`Stream::take_off_runtime`).
-    /// On failure the client is resumed at once, so it is never lost.
+    /// On failure the client is resumed at once, so it is never lost. With a
+    /// `client_idle_timeout`, the client has been idle at least `PARK_AFTER` already.
     pub fn park(&self, parked: Parked, fd: std::os::fd::RawFd) {
         let id = parked.slot.info.id;
+        let idle_timeout = parked
+            .session
+            .app()
+            .config_now()
+            .general
+            .client_idle_timeout;
+        let deadline = (!idle_timeout.is_zero())
+            .then(|| Instant::now() + idle_timeout.saturating_sub(crate::relay::PARK_AFTER));
         let mut table = self.table();
         // KILL_CLIENT finds the client here from now on.
         parked.slot.info.set_abort(None);
         parked.slot.info.disarm_idle_waker();
-        table.insert(id, Box::new(parked));
+        table.clients.insert(id, (Box::new(parked), deadline));
+        if let Some(deadline) = deadline {
+            table.deadlines.push(Reverse((deadline, id)));
+        }
         let token = Token(id as usize);
         if let Err(e) = self
             .registry
             .register(&mut SourceFd(&fd), token, Interest::READABLE)
         {
             tracing::warn!("could not park an idle client, it resumes at once: {e}");
-            if let Some(parked) = table.remove(&id) {
-                self.resume(parked);
+            if let Some((parked, _)) = table.clients.remove(&id) {
+                self.wake(parked, Wake::Readable);
             }
         }
     }
 
     /// Closes a parked client (KILL_CLIENT, KILL). False when it is not parked.
     pub fn evict(&self, id: u64) -> bool {
-        let parked = self.table().remove(&id);
+        let parked = self.table().clients.remove(&id);
         match parked {
-            Some(parked) => {
+            Some((parked, _)) => {
                 self.forget(&parked);
                 true
             }
@@ -87,7 +122,7 @@ impl Parking {
 
     /// How many clients are parked now.
     pub fn len(&self) -> usize {
-        self.table().len()
+        self.table().clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,21 +135,32 @@ impl Parking {
         }
     }
 
-    /// Gives a client a new task. Called with the table locked, so that KILL_CLIENT finds the
-    /// client either parked or with its new task's abort handle.
-    fn resume(&self, parked: Box<Parked>) {
+    /// Gives a client taken out of the table a new task: to carry on, or to be closed. Called
+    /// with the table locked, so that KILL_CLIENT finds the client either parked or with its
+    /// new task's abort handle.
+    fn wake(&self, parked: Box<Parked>, why: Wake) {
         self.forget(&parked);
         let info = parked.slot.info.clone();
-        let task = self.runtime.spawn(crate::client::resume(*parked));
+        let task = match why {
+            Wake::Readable => self.runtime.spawn(crate::client::resume(*parked)),
+            Wake::IdleTimeout => self.runtime.spawn(crate::client::close_idle(*parked)),
+        };
         info.set_abort(Some(task.abort_handle()));
     }
 
     /// The parking thread: resumes each client whose socket turns readable (bytes, or the
-    /// client closing).
+    /// client closing), and closes those past their `client_idle_timeout`.
     fn watch(&self, mut poll: Poll) {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = poll.poll(&mut events, None) {
+            let timeout = self
+                .table()
+                .deadlines
+                .peek()
+                .map_or(IDLE_CHECK, |Reverse((at, _))| {
+                    at.saturating_duration_since(Instant::now()).min(IDLE_CHECK)
+                });
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -123,8 +169,21 @@ impl Parking {
             }
             let mut table = self.table();
             for event in events.iter() {
-                if let Some(parked) = table.remove(&(event.token().0 as u64)) {
-                    self.resume(parked);
+                if let Some((parked, _)) = table.clients.remove(&(event.token().0 as u64)) {
+                    self.wake(parked, Wake::Readable);
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, id))) = table.deadlines.peek() {
+                if at > now {
+                    break;
+                }
+                table.deadlines.pop();
+                // Skipped when the client resumed (and perhaps parked again) since.
+                if table.clients.get(&id).is_some_and(|(_, d)| *d == Some(at))
+                    && let Some((parked, _)) = table.clients.remove(&id)
+                {
+                    self.wake(parked, Wake::IdleTimeout);
                 }
             }
         }

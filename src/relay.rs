@@ -57,7 +57,7 @@ enum Next {
 /// How long a client that may park must stay quiet, after logging in or resuming, before it
 /// does. Short enough that idle clients cost little soon after connecting; long enough that a
 /// client that sends its first query at once (pgbench -C) never parks.
-const PARK_AFTER: Duration = Duration::from_millis(100);
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How a session's `run` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -313,13 +313,17 @@ impl Session {
         RunEnd::Closed
     }
 
-    /// A client may park when it holds no server connection, its socket is plaintext, and no
-    /// client_idle_timeout is watching it.
-    fn may_park(&self, timers: &Timers) -> bool {
+    /// A client may park when it holds no server connection and its socket is plaintext.
+    fn may_park(&self) -> bool {
         self.server.is_none()
-            && timers.client_idle_ms == 0
             && matches!(self.client, Stream::Tcp(_) | Stream::Unix(_))
             && self.app.parking().is_some()
+    }
+
+    /// Closes a parked client that stayed idle past `client_idle_timeout` (its socket back on
+    /// the runtime), with the error a client waiting idle in its task gets.
+    pub async fn close_idle_timeout(&mut self) {
+        Box::pin(self.close(Some(idle_timeout_error()))).await;
     }
 
     /// Takes the client's socket off the runtime, to park.
@@ -398,10 +402,10 @@ impl Session {
         // A park timer runs at the first idle moment after login or resuming only: a busy
         // client arms no timer per transaction. Later, the upkeep asks clients that have been
         // idle a while to park (`App::maintenance`).
-        let mut park_soon = self.may_park(&timers);
+        let mut park_soon = self.may_park();
         loop {
             // Idle: no bytes in flight, no buffer held.
-            let parks = (!park_soon && self.may_park(&timers)).then_some(&*self.info);
+            let parks = (!park_soon && self.may_park()).then_some(&*self.info);
             let timer = if park_soon {
                 IdleTimer::Park(PARK_AFTER)
             } else if timers.client_idle_ms != 0 {
@@ -434,7 +438,8 @@ impl Session {
             rewrite,
             timers.enabled(),
         );
-        if self.server.is_none() {
+        let held = self.server.is_some();
+        if !held {
             match pump.read_client_now(&mut self.client, &self.info) {
                 Ok(true) => {}
                 Ok(false) => return Next::NothingRead,
@@ -486,6 +491,21 @@ impl Session {
             };
             if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut(), &self.info) {
                 outcome
+            } else if held
+                && let Some(found) = pump.probe(
+                    &mut self.client,
+                    &mut server.stream,
+                    self.mode,
+                    &mut rewriting,
+                    &self.info,
+                )
+            {
+                match found {
+                    Some(outcome) => outcome,
+                    // Nothing to read on either side: back to the idle wait, where
+                    // client_idle_timeout applies.
+                    None => return Next::NothingRead,
+                }
             } else {
                 pump.run(
                     &mut self.client,
@@ -564,6 +584,14 @@ impl Session {
     }
 }
 
+/// What a client idle longer than `client_idle_timeout` is told before it is closed.
+fn idle_timeout_error() -> ErrorResponse {
+    ErrorResponse::fatal(
+        SqlState::IDLE_SESSION_TIMEOUT,
+        "client_idle_timeout: the client was idle too long; connection closed",
+    )
+}
+
 fn protocol_error(e: FrameError) -> ErrorResponse {
     ErrorResponse::fatal(
         SqlState::PROTOCOL_VIOLATION,
@@ -622,10 +650,7 @@ fn wait_idle<'a>(
         }
         match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
             Some(Poll::Ready(())) if timer_parks => Poll::Ready(Ok(Idle::Quiet)),
-            Some(Poll::Ready(())) => Poll::Ready(Err(Some(ErrorResponse::fatal(
-                SqlState::IDLE_SESSION_TIMEOUT,
-                "client_idle_timeout: the client was idle too long; connection closed",
-            )))),
+            Some(Poll::Ready(())) => Poll::Ready(Err(Some(idle_timeout_error()))),
             _ => Poll::Pending,
         }
     })
@@ -1042,6 +1067,26 @@ impl Pump {
             ));
         }
         None
+    }
+
+    /// With a server connection held from before (session mode), whether the wake-up that
+    /// started this stretch had bytes behind it: one pass over both sockets without waiting.
+    /// `Some(None)`: nothing to read on either side. `Some(Some(_))`: the stretch already
+    /// ended. `None`: bytes are moving, relay on.
+    fn probe(
+        &mut self,
+        client: &mut Stream,
+        server: &mut Stream,
+        mode: PoolMode,
+        rw: &mut Option<Rewriting<'_>>,
+        info: &ClientInfo,
+    ) -> Option<Option<Outcome>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll(&mut cx, client, server, mode, false, rw, info) {
+            Poll::Ready(outcome) => Some(Some(outcome)),
+            Poll::Pending if self.clen == 0 && self.slen == 0 => Some(None),
+            Poll::Pending => None,
+        }
     }
 
     /// Moves bytes both ways until something ends the stretch. Every step is a single

@@ -161,3 +161,64 @@ async fn a_client_holding_a_server_connection_does_not_park() {
     let (_, rows_after) = rows(&session, "SELECT pg_backend_pid()").await;
     assert_eq!(rows_before, rows_after);
 }
+
+/// A parked client's `client_idle_timeout` runs on in the parking thread: the client gets
+/// 57P05 and is closed, as one waiting idle in its task would be.
+#[tokio::test]
+async fn a_parked_client_idle_past_client_idle_timeout_is_closed_with_57p05() {
+    let ini = format!("{INI}client_idle_timeout = 2\n");
+    let pgberth = Pgberth::start(&ini, USERLIST);
+    let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
+    let (client, conn) = tokio_postgres::connect(
+        &support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
+    let conn = tokio::spawn(conn);
+    // It parks after 100 ms of quiet, well before the timeout.
+    wait_parked(&admin, 1).await;
+    let ended = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("closed within PATIENCE")
+        .unwrap();
+    let err = ended.expect_err("pgberth closes it with an error");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::IDLE_SESSION_TIMEOUT),
+        "{err}"
+    );
+    drop(client);
+    // A fresh console session: the first one idled too.
+    let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
+    assert_eq!(parked(&admin).await, 0);
+    assert!(client_ids(&admin, "app").await.is_empty());
+}
+
+/// A client that may not park (session mode: it holds its server connection) waits idle in
+/// its task, where `client_idle_timeout` closes it the same way.
+#[tokio::test]
+async fn a_session_client_idle_past_client_idle_timeout_is_closed_with_57p05() {
+    let ini = format!("{INI}client_idle_timeout = 1\n");
+    let pgberth = Pgberth::start(&ini, USERLIST);
+    let (client, conn) = tokio_postgres::connect(
+        &support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app_session"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
+    let conn = tokio::spawn(conn);
+    let ended = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("closed within PATIENCE")
+        .unwrap();
+    let err = ended.expect_err("pgberth closes it with an error");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::IDLE_SESSION_TIMEOUT),
+        "{err}"
+    );
+    drop(client);
+    let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
+    assert_eq!(parked(&admin).await, 0, "it never parked");
+}
