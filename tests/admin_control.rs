@@ -5,19 +5,15 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
-use support::{Pgberth, SCRAM_PASS, SCRAM_USER, simple_rows as rows};
+use support::{PATIENCE, Pgberth, SCRAM_PASS, SCRAM_USER, eventually, simple_rows as rows};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const USERLIST: &str =
     "\"scram_user\" \"scram_pass\"\n\"admin\" \"admin_pass\"\n\"watcher\" \"watcher_pass\"\n";
-
-/// Generous bound for things that must happen; only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// `pool_size` on the database line when given, else `default_pool_size` applies.
 fn ini(pool_size: Option<u32>) -> String {
@@ -76,22 +72,6 @@ async fn pools_value(admin: &Client, column: &str) -> u64 {
 async fn scalar(client: &Client, sql: &str) -> String {
     let (_, rows) = rows(client, sql).await;
     rows[0][0].clone()
-}
-
-/// Polls `check` until it holds; panics after `PATIENCE` with `what`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached within {PATIENCE:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn finish<T>(task: JoinHandle<T>, what: &str) -> T {

@@ -5,16 +5,12 @@
 
 mod support;
 
-use std::future::Future;
-use std::time::Duration;
-
-use support::{Pgberth, SCRAM_PASS, SCRAM_USER, simple_rows as rows};
+use support::{PATIENCE, Pgberth, SCRAM_PASS, SCRAM_USER, eventually, simple_rows as rows};
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 const USERLIST: &str = "\"scram_user\" \"scram_pass\"\n\"admin\" \"admin_pass\"\n";
-
-/// Generous bound for things that must happen; only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 const INI: &str = "\
 [databases]
@@ -31,19 +27,25 @@ pool_mode = transaction
 admin_users = admin
 ";
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached within {PATIENCE:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A client whose connection task is kept, to see how pgberth ends it.
+async fn connect_watched(
+    pgberth: &Pgberth,
+    conn_str: &str,
+) -> (Client, JoinHandle<Result<(), tokio_postgres::Error>>) {
+    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
+    (client, tokio::spawn(conn))
+}
+
+/// Waits for pgberth to close a watched connection with `client_idle_timeout`'s 57P05.
+async fn expect_idle_timeout(conn: JoinHandle<Result<(), tokio_postgres::Error>>) {
+    let ended = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("closed within PATIENCE")
+        .unwrap();
+    let err = ended.expect_err("pgberth closes it with an error");
+    assert_eq!(err.code(), Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err}");
 }
 
 async fn parked(admin: &Client) -> u64 {
@@ -100,10 +102,7 @@ async fn a_client_on_the_unix_socket_parks_and_resumes() {
         pgberth.dir().display(),
         pgberth.port()
     );
-    let (client, conn) = tokio_postgres::connect(&socket, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
-    tokio::spawn(conn);
+    let (client, _conn) = connect_watched(&pgberth, &socket).await;
     wait_parked(&admin, 1).await;
     let (_, rows) = rows(&client, "SELECT 7").await;
     assert_eq!(rows[0][0], "7");
@@ -169,25 +168,11 @@ async fn a_parked_client_idle_past_client_idle_timeout_is_closed_with_57p05() {
     let ini = format!("{INI}client_idle_timeout = 2\n");
     let pgberth = Pgberth::start(&ini, USERLIST);
     let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
-    let (client, conn) = tokio_postgres::connect(
-        &support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
-    let conn = tokio::spawn(conn);
+    let conn_str = support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app");
+    let (client, conn) = connect_watched(&pgberth, &conn_str).await;
     // It parks after 100 ms of quiet, well before the timeout.
     wait_parked(&admin, 1).await;
-    let ended = tokio::time::timeout(PATIENCE, conn)
-        .await
-        .expect("closed within PATIENCE")
-        .unwrap();
-    let err = ended.expect_err("pgberth closes it with an error");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::IDLE_SESSION_TIMEOUT),
-        "{err}"
-    );
+    expect_idle_timeout(conn).await;
     drop(client);
     // A fresh console session: the first one idled too.
     let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
@@ -201,23 +186,9 @@ async fn a_parked_client_idle_past_client_idle_timeout_is_closed_with_57p05() {
 async fn a_session_client_idle_past_client_idle_timeout_is_closed_with_57p05() {
     let ini = format!("{INI}client_idle_timeout = 1\n");
     let pgberth = Pgberth::start(&ini, USERLIST);
-    let (client, conn) = tokio_postgres::connect(
-        &support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app_session"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", pgberth.log_contents()));
-    let conn = tokio::spawn(conn);
-    let ended = tokio::time::timeout(PATIENCE, conn)
-        .await
-        .expect("closed within PATIENCE")
-        .unwrap();
-    let err = ended.expect_err("pgberth closes it with an error");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::IDLE_SESSION_TIMEOUT),
-        "{err}"
-    );
+    let conn_str = support::conn_str(pgberth.port(), SCRAM_USER, SCRAM_PASS, "app_session");
+    let (client, conn) = connect_watched(&pgberth, &conn_str).await;
+    expect_idle_timeout(conn).await;
     drop(client);
     let admin = pgberth.connect("admin", "admin_pass", "pgbouncer").await;
     assert_eq!(parked(&admin).await, 0, "it never parked");

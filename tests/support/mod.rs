@@ -11,7 +11,9 @@
 pub mod drivers;
 pub mod launcher;
 
+use std::future::Future;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 #[allow(unused_imports)]
 pub use launcher::Pgberth;
@@ -23,6 +25,25 @@ pub const MD5_USER: &str = "md5_user";
 pub const MD5_PASS: &str = "md5_pass";
 pub const TRUST_USER: &str = "trust_user";
 pub const APP_DB: &str = "app";
+
+/// Generous bound for things that must happen; only reached when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it holds; panics after `PATIENCE` with `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// The server side pg_hba.conf: trust locally (the helpers need it), md5 and trust for the
 /// roles made for them, SCRAM for everyone else over TCP.
