@@ -323,6 +323,7 @@ impl App {
         for round in 0u64.. {
             tick.tick().await;
             crate::stats::tick_coarse_clock();
+            crate::workers::adjust_active();
             for pool in self.pools() {
                 pool.expire_waiters();
             }

@@ -27,3 +27,4 @@ pub mod stats;
 pub mod stream;
 pub mod tls;
 pub mod tools;
+pub mod workers;

@@ -141,10 +141,12 @@ fn start_client(app: &Arc<App>, stream: Stream) {
 pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
+    let mut turn = Turn::new();
     loop {
-        let accepting = !*suspended.borrow_and_update();
+        let accepting = !*suspended.borrow_and_update() && turn.is_mine();
         tokio::select! {
             _ = suspended.changed() => {}
+            _ = turn.changed() => {}
             accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, _)) => {
                     tune_client_socket(&stream, app.config().general.tcp_keepalive);
@@ -166,10 +168,12 @@ pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
 pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
+    let mut turn = Turn::new();
     loop {
-        let accepting = !*suspended.borrow_and_update();
+        let accepting = !*suspended.borrow_and_update() && turn.is_mine();
         tokio::select! {
             _ = suspended.changed() => {}
+            _ = turn.changed() => {}
             accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, _)) => start_client(&app, Stream::Unix(stream)),
                 Err(e) => accept_failed(e).await,
@@ -181,6 +185,37 @@ pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
                 }
             }
         }
+    }
+}
+
+/// Whether this worker takes new clients (`workers.rs`): worker 0 always does, the others
+/// while the load has made them active.
+struct Turn {
+    worker: usize,
+    active: Option<tokio::sync::watch::Receiver<usize>>,
+}
+
+impl Turn {
+    fn new() -> Turn {
+        Turn {
+            worker: usize::from(crate::workers::current()),
+            active: crate::workers::watch_active(),
+        }
+    }
+
+    fn is_mine(&mut self) -> bool {
+        self.active
+            .as_mut()
+            .is_none_or(|active| self.worker < *active.borrow_and_update())
+    }
+
+    async fn changed(&mut self) {
+        if let Some(active) = &mut self.active
+            && active.changed().await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
     }
 }
 

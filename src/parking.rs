@@ -8,6 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,17 +53,21 @@ struct Table {
 pub struct Parking {
     registry: mio::Registry,
     table: Mutex<Table>,
+    /// The runtime resumed clients run on without workers (`workers.rs`); with them, they
+    /// take turns on the active workers.
     runtime: tokio::runtime::Handle,
+    next_runtime: AtomicUsize,
 }
 
 impl Parking {
-    /// Starts the parking thread; call from within the runtime that resumed clients run on.
+    /// Starts the parking thread; call from within a worker's runtime.
     pub fn start() -> io::Result<Arc<Parking>> {
         let poll = Poll::new()?;
         let parking = Arc::new(Parking {
             registry: poll.registry().try_clone()?,
             table: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
+            next_runtime: Default::default(),
         });
         let watcher = parking.clone();
         std::thread::Builder::new()
@@ -141,9 +146,13 @@ impl Parking {
     fn wake(&self, parked: Box<Parked>, why: Wake) {
         self.forget(&parked);
         let info = parked.slot.info.clone();
+        let runtime = match crate::workers::active_handles() {
+            [] => &self.runtime,
+            active => &active[self.next_runtime.fetch_add(1, Ordering::Relaxed) % active.len()],
+        };
         let task = match why {
-            Wake::Readable => self.runtime.spawn(crate::client::resume(*parked)),
-            Wake::IdleTimeout => self.runtime.spawn(crate::client::close_idle(*parked)),
+            Wake::Readable => runtime.spawn(crate::client::resume(*parked)),
+            Wake::IdleTimeout => runtime.spawn(crate::client::close_idle(*parked)),
         };
         info.set_abort(Some(task.abort_handle()));
     }

@@ -127,13 +127,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(RunError::Runtime)?;
+    let (runtime, other_workers) = crate::workers::start(workers).map_err(RunError::Runtime)?;
     let pidfile = config.general.pidfile.clone();
     let result = runtime.block_on(serve(options.config_path.clone(), loaded, bound, metrics));
+    drop(other_workers);
     runtime.shutdown_background();
     if let Some(pidfile) = pidfile {
         let _ = std::fs::remove_file(pidfile);
@@ -151,17 +148,28 @@ async fn serve(
 ) -> Result<(), RunError> {
     let app = App::new(loaded);
     let mut unix_path = None;
+    // Every worker accepts from each listening socket: through a descriptor of its own,
+    // registered with its own runtime.
+    let workers = crate::workers::handles();
     for l in bound.tcp {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Runtime)?;
+        for worker in workers {
+            let _in_worker = worker.enter();
+            let l = tokio::net::TcpListener::from_std(l.try_clone().map_err(RunError::Runtime)?)
+                .map_err(RunError::Runtime)?;
+            worker.spawn(listener::accept_tcp(app.clone(), l));
+        }
         tracing::info!("listening on {addr}");
-        tokio::spawn(listener::accept_tcp(app.clone(), l));
     }
     if let Some((l, path)) = bound.unix {
-        let l = tokio::net::UnixListener::from_std(l).map_err(RunError::Runtime)?;
+        for worker in workers {
+            let _in_worker = worker.enter();
+            let l = tokio::net::UnixListener::from_std(l.try_clone().map_err(RunError::Runtime)?)
+                .map_err(RunError::Runtime)?;
+            worker.spawn(listener::accept_unix(app.clone(), l, path.clone()));
+        }
         tracing::info!("listening on unix:{}", path.display());
-        unix_path = Some(path.clone());
-        tokio::spawn(listener::accept_unix(app.clone(), l, path));
+        unix_path = Some(path);
     }
     tokio::spawn(app.clone().maintenance());
     tokio::spawn(app.clone().stats_periods_task());

@@ -117,6 +117,29 @@ impl Stream {
         Ok(())
     }
 
+    /// Moves the socket's registration to the calling thread's runtime (`workers.rs`), so
+    /// that its readiness wakes tasks of this worker. On failure the stream is unusable.
+    pub fn move_to_this_worker(&mut self) -> io::Result<()> {
+        /// A TLS stream keeps its TCP socket by value: register a duplicate of the descriptor
+        /// here, then drop the old registration with the old descriptor.
+        fn move_tcp(tcp: &mut TcpStream) -> io::Result<()> {
+            use std::os::fd::AsFd;
+            let fd = tcp.as_fd().try_clone_to_owned()?;
+            let moved = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+            drop(std::mem::replace(tcp, moved));
+            Ok(())
+        }
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => {
+                self.take_off_runtime()?;
+                self.put_back_on_runtime()
+            }
+            Stream::TlsFromClient(s) => move_tcp(s.get_mut().0),
+            Stream::TlsToServer(s) => move_tcp(s.get_mut().0),
+            Stream::Parked(_) => Err(parked_error()),
+        }
+    }
+
     /// Reads what is available without waiting: `Ok(None)` when nothing is.
     pub fn read_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let mut cx = Context::from_waker(std::task::Waker::noop());

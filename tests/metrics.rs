@@ -496,60 +496,9 @@ async fn tls_handshakes_total_counts_a_tls_client_and_a_failed_handshake() {
     );
 }
 
-/// Turns `ssl = on` in the test cluster (once per test binary), with a certificate from a CA
-/// of its own, for the server side of pgberth's TLS.
-fn cluster_ssl_on() {
-    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let pg = support::cluster();
-        let data = pg.data_dir();
-        let owner = std::fs::metadata(&data).expect("stat the data dir");
-        let ca = CertificateAuthority::new("metrics test cluster CA", 30).unwrap();
-        let server = ca
-            .issue_leaf(&LeafOptions::valid_for_days(
-                "localhost",
-                &["localhost".into(), "127.0.0.1".into()],
-                LeafUsage::Server,
-                30,
-            ))
-            .unwrap();
-        // PostgreSQL wants its key owned by its OS user, mode 0600.
-        let install = |name: &str, body: &str, mode: u32| {
-            let path = data.join(name);
-            std::fs::write(&path, body).unwrap();
-            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            path
-        };
-        let cert = install("metrics-server.crt", &server.cert_pem, 0o644);
-        let key = install("metrics-server.key", &server.key_pem, 0o600);
-        let lit = |p: &std::path::Path| pgberth::cluster::quote_literal(&p.display().to_string());
-        pg.psql(
-            "postgres",
-            &format!(
-                "ALTER SYSTEM SET ssl_cert_file = {};\nALTER SYSTEM SET ssl_key_file = {};\n\
-                 ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n",
-                lit(&cert),
-                lit(&key)
-            ),
-        )
-        .unwrap_or_else(|e| panic!("enable ssl: {e}\n{}", pg.log_tail()));
-        let deadline = Instant::now() + WAIT;
-        while pg.psql("postgres", "SHOW ssl").unwrap() != "on" {
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL did not turn ssl on:\n{}",
-                pg.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-}
-
 #[tokio::test]
 async fn tls_handshakes_total_counts_server_handshakes_that_succeed_and_fail() {
-    cluster_ssl_on();
+    support::cluster_ssl_on();
     let ok = "pgberth_tls_handshakes_total{side=\"server\",result=\"ok\"}";
     let failed = "pgberth_tls_handshakes_total{side=\"server\",result=\"failed\"}";
 

@@ -11,14 +11,14 @@
 mod support;
 
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgberth::tools::certs::{CertPem, CertificateAuthority, LeafOptions, LeafUsage};
-use support::{APP_DB, Pgberth, SCRAM_PASS, SCRAM_USER, cluster};
+use support::{APP_DB, Pgberth, SCRAM_PASS, SCRAM_USER, cluster, install_in_data_dir, turn_ssl_on};
 use tokio_postgres::error::{DbError, SqlState};
 
 /// Shows whether the pgberth→PostgreSQL connection is encrypted, and with which certificate.
@@ -126,8 +126,6 @@ static CLUSTER_TLS: OnceLock<ClusterTls> = OnceLock::new();
 fn cluster_tls() -> &'static ClusterTls {
     CLUSTER_TLS.get_or_init(|| {
         let pg = cluster();
-        let data = pg.data_dir();
-        let owner = std::fs::metadata(&data).expect("stat the data dir");
         let ca = CertificateAuthority::new("test cluster CA", 30).unwrap();
         let server = ca
             .issue_leaf(&LeafOptions::valid_for_days(
@@ -147,20 +145,11 @@ fn cluster_tls() -> &'static ClusterTls {
             .unwrap();
         // The server's files belong to the postgres OS user (its key 0600); the ones pgberth
         // reads stay root's, as pgberth runs as the test's user.
-        let install = |name: &str, body: &str, mode: u32, chown: bool| {
-            let path = data.join(name);
-            std::fs::write(&path, body).unwrap();
-            if chown {
-                std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
-            }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            path
-        };
-        let cert = install("tls-server.crt", &server.cert_pem, 0o644, true);
-        let key = install("tls-server.key", &server.key_pem, 0o600, true);
-        let ca_file = install("tls-ca.crt", ca.cert_pem(), 0o644, true);
-        let client_cert = install("pgberth-client.crt", &client.cert_pem, 0o644, false);
-        let client_key = install("pgberth-client.key", &client.key_pem, 0o600, false);
+        let cert = install_in_data_dir("tls-server.crt", &server.cert_pem, 0o644, true);
+        let key = install_in_data_dir("tls-server.key", &server.key_pem, 0o600, true);
+        let ca_file = install_in_data_dir("tls-ca.crt", ca.cert_pem(), 0o644, true);
+        let client_cert = install_in_data_dir("pgberth-client.crt", &client.cert_pem, 0o644, false);
+        let client_key = install_in_data_dir("pgberth-client.key", &client.key_pem, 0o600, false);
         pg.create_role(
             TLS_USER,
             TLS_PASS,
@@ -168,39 +157,18 @@ fn cluster_tls() -> &'static ClusterTls {
         )
         .unwrap();
         // `host` lines match TLS and plaintext; this one makes plaintext fail for TLS_USER.
-        let hba = data.join("pg_hba.conf");
+        let hba = pg.data_dir().join("pg_hba.conf");
         let rules = std::fs::read_to_string(&hba).unwrap();
         std::fs::write(
             &hba,
             format!("hostnossl all {TLS_USER} 127.0.0.1/32 reject\n{rules}"),
         )
         .unwrap();
-        let lit = |p: &Path| pgberth::cluster::quote_literal(&p.display().to_string());
-        pg.psql(
-            "postgres",
-            &format!(
-                "ALTER SYSTEM SET ssl_cert_file = {};\nALTER SYSTEM SET ssl_key_file = {};\n\
-                 ALTER SYSTEM SET ssl_ca_file = {};\nALTER SYSTEM SET ssl = on;\n\
-                 SELECT pg_reload_conf();\n",
-                lit(&cert),
-                lit(&key),
-                lit(&ca_file)
-            ),
-        )
-        .unwrap_or_else(|e| panic!("enable ssl: {e}\n{}", pg.log_tail()));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ssl = pg.psql("postgres", "SHOW ssl").unwrap();
-            if ssl == "on" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL did not turn ssl on after pg_reload_conf(): SHOW ssl = {ssl}\n{}",
-                pg.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        turn_ssl_on(&[
+            ("ssl_cert_file", &cert),
+            ("ssl_key_file", &key),
+            ("ssl_ca_file", &ca_file),
+        ]);
         ClusterTls {
             ca_file,
             client_cert,

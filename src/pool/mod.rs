@@ -58,6 +58,11 @@ pub struct ServerId(pub u64);
 
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How many times a waiting client may be passed over for a later one on the worker a
+/// checked-in connection belongs to, and how far down the line such a client is looked for.
+const MAX_PASSED_OVER: u8 = 2;
+const LOOK_AHEAD: usize = 8;
+
 /// A logged-in server connection, owned either by the pool (idle) or by one client.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -76,6 +81,8 @@ pub struct ServerConn {
     generation: u64,
     /// What SHOW SERVERS shows of it.
     pub info: Arc<ServerInfo>,
+    /// The worker whose runtime the socket is registered with (`workers.rs`).
+    worker: u16,
     /// Holds the pool's generation token (WAIT_CLOSE); dropped before `slot`.
     _generation_token: Arc<()>,
     slot: Slot,
@@ -90,6 +97,33 @@ impl Drop for ServerConn {
 impl ServerConn {
     pub fn pool(&self) -> &Arc<Pool> {
         &self.slot.pool
+    }
+
+    /// The worker whose runtime the socket is registered with (`workers.rs`).
+    pub fn worker(&self) -> u16 {
+        self.worker
+    }
+
+    /// Moves the socket's registration to the calling worker, when it is another's. False
+    /// when that failed: the connection is then unusable.
+    fn move_to_this_worker(&mut self) -> bool {
+        let here = crate::workers::current();
+        if self.worker == here {
+            return true;
+        }
+        match self.stream.move_to_this_worker() {
+            Ok(()) => {
+                self.worker = here;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    server = self.id.0,
+                    "closing a server connection that could not move to another worker: {e}"
+                );
+                false
+            }
+        }
     }
 
     /// True unless the server sent something (or closed) while the connection sat idle in the
@@ -218,6 +252,10 @@ struct Waiter {
     /// When it started asking (for `query_wait_timeout` and `reserve_pool_timeout`).
     since: Instant,
     tx: oneshot::Sender<Grant>,
+    /// The worker the client's task runs on (`workers.rs`).
+    worker: u16,
+    /// How many later clients got a connection first (`pop_waiter_for_conn`).
+    passed_over: u8,
 }
 
 /// Why a client got no server connection.
@@ -265,6 +303,18 @@ struct Inner {
     last_failure: Option<LoginFailure>,
     /// Retired by a reload that removed its database.
     closed: bool,
+}
+
+impl Inner {
+    /// The most recently used idle connection registered with the calling worker, else the
+    /// most recently used one of any worker (`workers.rs`).
+    fn pop_idle(&mut self) -> Option<Box<ServerConn>> {
+        let here = crate::workers::current();
+        match self.idle.iter().rposition(|conn| conn.worker == here) {
+            Some(at) => Some(self.idle.remove(at)),
+            None => self.idle.pop(),
+        }
+    }
 }
 
 /// The pool of one (database, user).
@@ -473,6 +523,31 @@ impl Pool {
         None
     }
 
+    /// The waiting client a checked-in connection goes to: the first in line, unless a client
+    /// on the connection's own worker waits a few places behind and the first has been passed
+    /// over fewer than `MAX_PASSED_OVER` times. That saves moving the socket to another worker
+    /// (`workers.rs`) while keeping the line first come, first served within a few places.
+    fn pop_waiter_for_conn(inner: &mut Inner, worker: u16) -> Option<oneshot::Sender<Grant>> {
+        while inner.waiters.front()?.tx.is_closed() {
+            inner.waiters.pop_front();
+        }
+        let first = inner.waiters.front()?;
+        if first.worker != worker && first.passed_over < MAX_PASSED_OVER {
+            let same_worker = inner
+                .waiters
+                .iter()
+                .take(LOOK_AHEAD)
+                .position(|w| w.worker == worker && !w.tx.is_closed());
+            if let Some(at) = same_worker {
+                for passed in inner.waiters.iter_mut().take(at) {
+                    passed.passed_over += 1;
+                }
+                return inner.waiters.remove(at).map(|w| w.tx);
+            }
+        }
+        inner.waiters.pop_front().map(|w| w.tx)
+    }
+
     /// Called when a slot is freed: hands it to this pool's first waiting client, or releases
     /// the shared limits and lets a waiter of another pool sharing them proceed.
     fn slot_freed(pool: &Arc<Pool>) {
@@ -534,7 +609,7 @@ impl Pool {
         let found = {
             let mut inner = self.lock();
             loop {
-                let Some(mut conn) = inner.idle.pop() else {
+                let Some(mut conn) = inner.pop_idle() else {
                     break None;
                 };
                 if !conn.reusable(inner.generation, &settings, now) {
@@ -552,6 +627,9 @@ impl Pool {
         };
         drop(stale);
         let mut conn = found?;
+        if !conn.move_to_this_worker() {
+            return None;
+        }
         conn.last_used = now;
         Some(conn)
     }
@@ -578,7 +656,7 @@ impl Pool {
                     continue;
                 }
                 let mut found = None;
-                while let Some(mut conn) = inner.idle.pop() {
+                while let Some(mut conn) = inner.pop_idle() {
                     if !conn.reusable(inner.generation, &settings, Instant::now()) {
                         stale.push(conn);
                     } else {
@@ -593,7 +671,12 @@ impl Pool {
                     }
                     None => {
                         let (tx, rx) = oneshot::channel();
-                        inner.waiters.push_back(Waiter { since: started, tx });
+                        inner.waiters.push_back(Waiter {
+                            since: started,
+                            tx,
+                            worker: crate::workers::current(),
+                            passed_over: 0,
+                        });
                         // Below its own size, the pool is held back by a shared limit.
                         Err((rx, inner.open < settings.pool_size))
                     }
@@ -615,6 +698,9 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(mut conn) => {
+                    if !conn.move_to_this_worker() {
+                        continue;
+                    }
                     if conn.last_used.elapsed() >= settings.server_check_delay
                         && !settings.server_check_query.is_empty()
                     {
@@ -783,6 +869,7 @@ impl Pool {
             prepared: ServerStatements::default(),
             generation,
             info,
+            worker: crate::workers::current(),
             _generation_token: generation_token,
             slot,
         }))
@@ -855,9 +942,10 @@ impl Pool {
             {
                 Some(conn)
             } else {
+                let worker = conn.worker;
                 let mut grant = Grant::Conn(conn);
                 loop {
-                    match Pool::pop_live_waiter(&mut inner) {
+                    match Pool::pop_waiter_for_conn(&mut inner, worker) {
                         Some(tx) => match tx.send(grant) {
                             Ok(()) => break None,
                             Err(back) => grant = back,
@@ -936,5 +1024,77 @@ impl Pool {
             std::mem::take(&mut inner.idle)
         };
         drop(idle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of waiting clients on the given workers, and their receiving ends.
+    fn line(workers: &[u16]) -> (Inner, Vec<oneshot::Receiver<Grant>>) {
+        let mut inner = Inner::default();
+        let mut receivers = Vec::new();
+        for &worker in workers {
+            let (tx, rx) = oneshot::channel();
+            inner.waiters.push_back(Waiter {
+                since: Instant::now(),
+                tx,
+                worker,
+                passed_over: 0,
+            });
+            receivers.push(rx);
+        }
+        (inner, receivers)
+    }
+
+    /// Which waiter a connection of `worker` goes to, by its place in the original line.
+    fn served(inner: &mut Inner, receivers: &mut [oneshot::Receiver<Grant>], worker: u16) -> usize {
+        let tx = Pool::pop_waiter_for_conn(inner, worker).expect("someone waits");
+        assert!(tx.send(Grant::WaitTimeout).is_ok());
+        receivers
+            .iter_mut()
+            .position(|rx| rx.try_recv().is_ok())
+            .expect("one waiter got it")
+    }
+
+    #[test]
+    fn a_connection_goes_to_a_waiter_of_its_own_worker_a_few_places_down_the_line() {
+        let (mut inner, mut receivers) = line(&[1, 1, 0, 1]);
+        assert_eq!(served(&mut inner, &mut receivers, 0), 2);
+        assert_eq!(served(&mut inner, &mut receivers, 1), 0);
+        assert_eq!(inner.waiters.front().map(|w| w.passed_over), Some(1));
+    }
+
+    #[test]
+    fn the_first_in_line_is_passed_over_at_most_twice() {
+        let (mut inner, mut receivers) = line(&[1, 0, 0, 0]);
+        assert_eq!(served(&mut inner, &mut receivers, 0), 1);
+        assert_eq!(served(&mut inner, &mut receivers, 0), 2);
+        assert_eq!(
+            served(&mut inner, &mut receivers, 0),
+            0,
+            "passed over twice: served next, even with a waiter of worker 0 behind"
+        );
+        assert_eq!(served(&mut inner, &mut receivers, 0), 3);
+    }
+
+    #[test]
+    fn without_a_waiter_of_its_worker_nearby_the_first_in_line_gets_the_connection() {
+        let mut workers = vec![1; LOOK_AHEAD];
+        workers.push(0);
+        let (mut inner, mut receivers) = line(&workers);
+        assert_eq!(served(&mut inner, &mut receivers, 0), 0);
+    }
+
+    #[test]
+    fn waiters_that_gave_up_are_skipped() {
+        let (mut inner, mut receivers) = line(&[0, 1]);
+        drop(receivers.remove(0));
+        assert_eq!(
+            served(&mut inner, &mut receivers, 0),
+            0,
+            "the second, now first"
+        );
     }
 }

@@ -12,12 +12,14 @@ pub mod drivers;
 pub mod launcher;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 #[allow(unused_imports)]
 pub use launcher::Pgberth;
 use pgberth::cluster::{ClusterOptions, PasswordEncryption, TempCluster};
+use pgberth::tools::certs::{CertificateAuthority, LeafOptions, LeafUsage};
 
 pub const SCRAM_USER: &str = "scram_user";
 pub const SCRAM_PASS: &str = "scram_pass";
@@ -154,4 +156,66 @@ pub async fn simple_rows(
         }
     }
     (columns, rows)
+}
+
+/// Turns `ssl = on` in the test cluster (once per test binary), with a certificate from a CA
+/// of its own, for the server side of pgberth's TLS.
+pub fn cluster_ssl_on() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let ca = CertificateAuthority::new("test cluster CA", 30).unwrap();
+        let server = ca
+            .issue_leaf(&LeafOptions::valid_for_days(
+                "localhost",
+                &["localhost".into(), "127.0.0.1".into()],
+                LeafUsage::Server,
+                30,
+            ))
+            .unwrap();
+        let cert = install_in_data_dir("tls-server.crt", &server.cert_pem, 0o644, true);
+        let key = install_in_data_dir("tls-server.key", &server.key_pem, 0o600, true);
+        turn_ssl_on(&[("ssl_cert_file", &cert), ("ssl_key_file", &key)]);
+    });
+}
+
+/// Writes a file into the test cluster's data dir (removed with it) with the given mode;
+/// owned by PostgreSQL's OS user when `for_server`, which wants its key that way.
+pub fn install_in_data_dir(name: &str, body: &str, mode: u32, for_server: bool) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = cluster().data_dir();
+    let path = data.join(name);
+    std::fs::write(&path, body).unwrap();
+    if for_server {
+        let owner = std::fs::metadata(&data).expect("stat the data dir");
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// Points the test cluster's `files` settings (`ssl_cert_file` …) at the given paths, turns
+/// `ssl` on and waits until the server reports it.
+pub fn turn_ssl_on(files: &[(&str, &Path)]) {
+    let pg = cluster();
+    let mut sql = String::new();
+    for (setting, path) in files {
+        let value = pgberth::cluster::quote_literal(&path.display().to_string());
+        sql.push_str(&format!("ALTER SYSTEM SET {setting} = {value};\n"));
+    }
+    sql.push_str("ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n");
+    pg.psql("postgres", &sql)
+        .unwrap_or_else(|e| panic!("enable ssl: {e}\n{}", pg.log_tail()));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let ssl = pg.psql("postgres", "SHOW ssl").unwrap();
+        if ssl == "on" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL did not turn ssl on after pg_reload_conf(): SHOW ssl = {ssl}\n{}",
+            pg.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
