@@ -81,16 +81,50 @@ pub fn serve(
         let Some(session) = login.await else {
             return;
         };
-        relay(session, slot).await;
+        relay(session, slot, true).await;
     }
 }
 
-/// Relays a logged-in client's session until it ends, or parks it when it goes quiet.
+/// Relays a logged-in client's session until it ends, parks it when it goes quiet, or hands
+/// it to another worker (`workers.rs`).
 #[allow(clippy::manual_async_fn)]
-fn relay(mut session: Session, slot: ClientSlot) -> impl Future<Output = ()> + Send {
+fn relay(
+    mut session: Session,
+    slot: ClientSlot,
+    park_soon: bool,
+) -> impl Future<Output = ()> + Send {
     async move {
-        if session.run().await == RunEnd::Park {
-            park(session, slot);
+        let relaying = crate::workers::Relaying::start();
+        let end = session.run(park_soon).await;
+        drop(relaying);
+        match end {
+            RunEnd::Closed => {}
+            RunEnd::Park => park(session, slot),
+            RunEnd::Move(worker) => hand_over(session, slot, worker),
+        }
+    }
+}
+
+/// Gives a client a new task on another worker; this one ends.
+fn hand_over(session: Session, slot: ClientSlot, worker: u16) {
+    let Some(runtime) = crate::workers::handle(worker) else {
+        return;
+    };
+    slot.info.disarm_idle_waker();
+    let info = slot.info.clone();
+    let task = runtime.spawn(arrive(session, slot));
+    info.set_new_task(task.abort_handle());
+}
+
+/// A client's new task on the worker it was handed to: its sockets move here first.
+#[allow(clippy::manual_async_fn)]
+fn arrive(mut session: Session, slot: ClientSlot) -> impl Future<Output = ()> + Send {
+    async move {
+        match session.move_to_this_worker() {
+            Ok(()) => relay(session, slot, false).await,
+            Err(e) => {
+                tracing::info!(database = %slot.info.names().0, "closing a client that could not move to another worker: {e}");
+            }
         }
     }
 }
@@ -127,7 +161,7 @@ pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send {
     async move {
         let Parked { mut session, slot } = parked;
         match session.put_client_back_on_runtime() {
-            Ok(()) => relay(session, slot).await,
+            Ok(()) => relay(session, slot, true).await,
             Err(e) => {
                 tracing::info!(database = %slot.info.names().0, "closing a parked client that could not resume: {e}");
             }

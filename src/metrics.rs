@@ -312,6 +312,24 @@ fn register_all(app: &App, registry: &mut Registry) {
         "Idle clients parked off the runtime (included in pgberth_clients)",
         parked,
     );
+    let active = Gauge::<i64>::default();
+    active.set(crate::workers::active() as i64);
+    registry.register(
+        "active_workers",
+        "Worker threads that take new clients (the others serve only the clients they have)",
+        active,
+    );
+    let per_worker = Family::<Labels, Gauge<i64>>::default();
+    for (worker, count) in crate::workers::clients().into_iter().enumerate() {
+        per_worker
+            .get_or_create(&vec![("worker", worker.to_string())])
+            .set(count.into());
+    }
+    registry.register(
+        "worker_clients",
+        "Clients relaying on each worker thread (parked clients are on none)",
+        per_worker,
+    );
     let max_clients = Gauge::<i64>::default();
     max_clients.set(config.general.max_client_conn.into());
     registry.register(

@@ -103,6 +103,8 @@ pub struct ClientInfo {
     waker_armed: AtomicBool,
     /// Set by the upkeep: the client has been idle a while and should park.
     park_requested: AtomicBool,
+    /// KILL_CLIENT or KILL ended it; a task started for it later must end too.
+    killed: AtomicBool,
 }
 
 impl ClientInfo {
@@ -159,6 +161,15 @@ impl ClientInfo {
     /// would keep the ended task's memory).
     pub fn set_abort(&self, handle: Option<AbortHandle>) {
         *self.abort.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// Records the client's new task (after a move between workers); ends it at once if the
+    /// client was killed meanwhile.
+    pub fn set_new_task(&self, handle: AbortHandle) {
+        self.set_abort(Some(handle.clone()));
+        if self.killed.load(Ordering::Acquire) {
+            handle.abort();
+        }
     }
 
     /// Lets the upkeep wake this client's task to park it, unless it already can. Called by
@@ -220,6 +231,7 @@ impl ClientInfo {
 
     /// Ends the client's task (KILL_CLIENT, KILL). Its server connection, if any, is closed.
     pub fn kill(&self) -> bool {
+        self.killed.store(true, Ordering::Release);
         match &*self.abort.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(handle) => {
                 handle.abort();
@@ -263,6 +275,7 @@ impl Clients {
             idle_waker: Mutex::new(None),
             waker_armed: AtomicBool::new(false),
             park_requested: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
         });
         map.insert(id, info.clone());
         info

@@ -52,6 +52,8 @@ enum Next {
     Close(Option<ErrorResponse>),
     /// The client stayed quiet after logging in (or after resuming): it parks.
     Park,
+    /// The client is idle and its worker hands it over to this one (`workers.rs`).
+    Move(u16),
 }
 
 /// How long a client that may park must stay quiet, after logging in or resuming, before it
@@ -66,6 +68,9 @@ pub enum RunEnd {
     Closed,
     /// The client is idle and may park (`parking.rs`): its socket is still on the runtime.
     Park,
+    /// The client is idle and moves to this worker (`workers.rs`); its sockets are still
+    /// registered here.
+    Move(u16),
 }
 
 impl Next {
@@ -301,10 +306,12 @@ impl Session {
     }
 
     /// Relays until the client leaves, then cleans up; or until it has been quiet long
-    /// enough to park.
-    pub async fn run(&mut self) -> RunEnd {
-        let reason = match self.relay_until_done().await {
+    /// enough to park, or moves to another worker. `park_soon`: just logged in or resumed,
+    /// it parks when its first idle moment lasts `PARK_AFTER`.
+    pub async fn run(&mut self, park_soon: bool) -> RunEnd {
+        let reason = match self.relay_until_done(park_soon).await {
             Next::Park => return RunEnd::Park,
+            Next::Move(worker) => return RunEnd::Move(worker),
             Next::Close(reason) => reason,
             Next::Idle | Next::NothingRead => None,
         };
@@ -324,6 +331,18 @@ impl Session {
     /// the runtime), with the error a client waiting idle in its task gets.
     pub async fn close_idle_timeout(&mut self) {
         Box::pin(self.close(Some(idle_timeout_error()))).await;
+    }
+
+    /// Moves the client's socket, and the server connection's when it holds one, to the
+    /// calling worker's runtime (`workers.rs`).
+    pub fn move_to_this_worker(&mut self) -> io::Result<()> {
+        self.client.move_to_this_worker()?;
+        if let Some(conn) = self.server.as_deref_mut()
+            && !conn.move_to_this_worker()
+        {
+            return Err(io::Error::other("its server connection could not move"));
+        }
+        Ok(())
     }
 
     /// Takes the client's socket off the runtime, to park.
@@ -397,12 +416,12 @@ impl Session {
 
     /// Relays stretch after stretch, waiting idle in between; ends with `Next::Close` (`None`
     /// when the client left normally, or the error to send it) or `Next::Park`.
-    async fn relay_until_done(&mut self) -> Next {
+    async fn relay_until_done(&mut self, park_soon: bool) -> Next {
         let timers = Timers::new(&self.app.config().general);
         // A park timer runs at the first idle moment after login or resuming only: a busy
         // client arms no timer per transaction. Later, the upkeep asks clients that have been
         // idle a while to park (`App::maintenance`).
-        let mut park_soon = self.may_park();
+        let mut park_soon = park_soon && self.may_park();
         loop {
             // Idle: no bytes in flight, no buffer held.
             let parks = (!park_soon && self.may_park()).then_some(&*self.info);
@@ -421,7 +440,12 @@ impl Session {
             }
             match self.stretch(timers).await {
                 Next::NothingRead => {}
-                Next::Idle => park_soon = false,
+                Next::Idle => {
+                    park_soon = false;
+                    if let Some(worker) = crate::workers::take_hand_over() {
+                        return Next::Move(worker);
+                    }
+                }
                 next => return next,
             }
         }

@@ -106,7 +106,7 @@ impl ServerConn {
 
     /// Moves the socket's registration to the calling worker, when it is another's. False
     /// when that failed: the connection is then unusable.
-    fn move_to_this_worker(&mut self) -> bool {
+    pub fn move_to_this_worker(&mut self) -> bool {
         let here = crate::workers::current();
         if self.worker == here {
             return true;
