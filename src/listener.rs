@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::app::{App, RunState};
@@ -124,8 +124,8 @@ pub fn bind(general: &General) -> Result<Bound, ListenError> {
 fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool) {
     let _ = stream.set_nodelay(true);
     if keepalive {
-        let sock = socket2::SockRef::from(stream);
-        let _ = sock.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(7200)));
+        // The system's keepalive timings, as PgBouncer leaves them (`tcp_keepidle` = 0).
+        let _ = socket2::SockRef::from(stream).set_keepalive(true);
     }
 }
 
@@ -137,17 +137,19 @@ fn start_client(app: &Arc<App>, stream: Stream) {
 }
 
 /// Accepts TCP clients until the process stops accepting; not while SUSPENDed (new
-/// connections wait in the kernel's backlog).
-pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
+/// connections wait in the kernel's backlog), nor while this worker is not active.
+pub async fn accept_tcp(app: Arc<App>, listener: std::net::TcpListener) {
+    let mut listener = OnRuntime::<TcpListener>::new(listener);
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
     let mut turn = Turn::new();
     loop {
         let accepting = !*suspended.borrow_and_update() && turn.is_mine();
+        let registered = listener.registered_if(accepting);
         tokio::select! {
             _ = suspended.changed() => {}
             _ = turn.changed() => {}
-            accepted = listener.accept(), if accepting => match accepted {
+            accepted = accept(registered, TcpListener::accept) => match accepted {
                 Ok((stream, _)) => {
                     tune_client_socket(&stream, app.config().general.tcp_keepalive);
                     start_client(&app, Stream::Tcp(stream));
@@ -163,18 +165,19 @@ pub async fn accept_tcp(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-/// Accepts unix-socket clients until the process stops accepting, not while SUSPENDed; then
-/// removes the socket file.
-pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
+/// Accepts unix-socket clients as `accept_tcp` does TCP ones; then removes the socket file.
+pub async fn accept_unix(app: Arc<App>, listener: std::os::unix::net::UnixListener, path: PathBuf) {
+    let mut listener = OnRuntime::<UnixListener>::new(listener);
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
     let mut turn = Turn::new();
     loop {
         let accepting = !*suspended.borrow_and_update() && turn.is_mine();
+        let registered = listener.registered_if(accepting);
         tokio::select! {
             _ = suspended.changed() => {}
             _ = turn.changed() => {}
-            accepted = listener.accept(), if accepting => match accepted {
+            accepted = accept(registered, UnixListener::accept) => match accepted {
                 Ok((stream, _)) => start_client(&app, Stream::Unix(stream)),
                 Err(e) => accept_failed(e).await,
             },
@@ -185,6 +188,81 @@ pub async fn accept_unix(app: Arc<App>, listener: UnixListener, path: PathBuf) {
                 }
             }
         }
+    }
+}
+
+/// Accepts from `listener` when there is one; else waits forever.
+async fn accept<'a, L, F, T>(listener: Option<&'a L>, accept: impl FnOnce(&'a L) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    match listener {
+        Some(listener) => accept(listener).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A listening socket registered with the worker's runtime only while the worker accepts
+/// from it, so that a worker that does not is not woken by every new connection.
+struct OnRuntime<L: Listen> {
+    registered: Option<L>,
+    unregistered: Option<L::Std>,
+}
+
+impl<L: Listen> OnRuntime<L> {
+    fn new(listener: L::Std) -> OnRuntime<L> {
+        OnRuntime {
+            registered: None,
+            unregistered: Some(listener),
+        }
+    }
+
+    /// Registers or unregisters the socket as `accepting` says; the socket when registered.
+    /// A socket that fails to move is lost to this worker (logged); the others keep theirs.
+    fn registered_if(&mut self, accepting: bool) -> Option<&L> {
+        let moved = if accepting {
+            self.unregistered
+                .take()
+                .map(|l| L::from_std(l).map(|l| self.registered = Some(l)))
+        } else {
+            self.registered
+                .take()
+                .map(|l| l.into_std().map(|l| self.unregistered = Some(l)))
+        };
+        if let Some(Err(e)) = moved {
+            tracing::warn!(
+                worker = crate::workers::current(),
+                "a listening socket is lost to this worker: {e}"
+            );
+        }
+        self.registered.as_ref()
+    }
+}
+
+/// The two kinds of listening socket, on and off the runtime.
+trait Listen: Sized {
+    type Std;
+    fn from_std(listener: Self::Std) -> std::io::Result<Self>;
+    fn into_std(self) -> std::io::Result<Self::Std>;
+}
+
+impl Listen for TcpListener {
+    type Std = std::net::TcpListener;
+    fn from_std(listener: Self::Std) -> std::io::Result<Self> {
+        TcpListener::from_std(listener)
+    }
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        TcpListener::into_std(self)
+    }
+}
+
+impl Listen for UnixListener {
+    type Std = std::os::unix::net::UnixListener;
+    fn from_std(listener: Self::Std) -> std::io::Result<Self> {
+        UnixListener::from_std(listener)
+    }
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        UnixListener::into_std(self)
     }
 }
 

@@ -148,24 +148,19 @@ async fn serve(
 ) -> Result<(), RunError> {
     let app = App::new(loaded);
     let mut unix_path = None;
-    // Every worker accepts from each listening socket: through a descriptor of its own,
-    // registered with its own runtime.
+    // Every worker accepts from each listening socket, through a descriptor of its own.
     let workers = crate::workers::handles();
     for l in bound.tcp {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         for worker in workers {
-            let _in_worker = worker.enter();
-            let l = tokio::net::TcpListener::from_std(l.try_clone().map_err(RunError::Runtime)?)
-                .map_err(RunError::Runtime)?;
+            let l = l.try_clone().map_err(RunError::Runtime)?;
             worker.spawn(listener::accept_tcp(app.clone(), l));
         }
         tracing::info!("listening on {addr}");
     }
     if let Some((l, path)) = bound.unix {
         for worker in workers {
-            let _in_worker = worker.enter();
-            let l = tokio::net::UnixListener::from_std(l.try_clone().map_err(RunError::Runtime)?)
-                .map_err(RunError::Runtime)?;
+            let l = l.try_clone().map_err(RunError::Runtime)?;
             worker.spawn(listener::accept_unix(app.clone(), l, path.clone()));
         }
         tracing::info!("listening on unix:{}", path.display());

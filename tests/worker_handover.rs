@@ -29,13 +29,8 @@ fn pooler(dir: &std::path::Path, worker_0: &tokio::runtime::Handle) -> (Arc<App>
     )
     .unwrap();
     let app = App::new(pgberth::process::load_config(&ini).expect("the test config loads"));
-    let _in_worker_0 = worker_0.enter();
-    let listener = tokio::net::TcpListener::from_std({
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        l
-    })
-    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     worker_0.spawn(pgberth::listener::accept_tcp(app.clone(), listener));
     (app, port)
