@@ -12,8 +12,8 @@ use pgberth::app::App;
 use support::{APP_DB, PATIENCE, SCRAM_PASS, SCRAM_USER, conn_str, eventually};
 
 /// An `App` serving the test cluster as `app` (transaction mode) and `app_session` (session
-/// mode), accepting on worker 0 only; returns it and its port.
-fn pooler(dir: &std::path::Path, worker_0: &tokio::runtime::Handle) -> (Arc<App>, u16) {
+/// mode), with an accept loop on every worker; returns it and its port.
+fn pooler(dir: &std::path::Path) -> (Arc<App>, u16) {
     let userlist = dir.join("userlist.txt");
     std::fs::write(&userlist, format!("\"{SCRAM_USER}\" \"{SCRAM_PASS}\"\n")).unwrap();
     let ini = dir.join("pgberth.ini");
@@ -32,7 +32,11 @@ fn pooler(dir: &std::path::Path, worker_0: &tokio::runtime::Handle) -> (Arc<App>
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    worker_0.spawn(pgberth::listener::accept_tcp(app.clone(), listener));
+    // As `process::serve` does: every worker has an accept loop; only active ones accept.
+    for worker in pgberth::workers::handles() {
+        let listener = listener.try_clone().unwrap();
+        worker.spawn(pgberth::listener::accept_tcp(app.clone(), listener));
+    }
     (app, port)
 }
 
@@ -72,7 +76,7 @@ fn clients_handed_to_another_worker_keep_their_session_and_are_served_there() {
     let dir = tempfile::tempdir().unwrap();
     let (worker_0, _others) = pgberth::workers::start(2).expect("start two workers");
     let (stop_worker_0, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (_app, port) = pooler(dir.path(), worker_0.handle());
+    let (_app, port) = pooler(dir.path());
     let driver = std::thread::spawn(move || {
         worker_0.block_on(async {
             let _ = stopped.await;
@@ -90,7 +94,12 @@ fn clients_handed_to_another_worker_keep_their_session_and_are_served_there() {
         let plus_one = client.prepare("SELECT $1::int4 + 1").await.unwrap();
         let row = client.query_one(&plus_one, &[&1i32]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 2);
-        assert_eq!(pgberth::workers::clients(), [1, 0]);
+        assert_eq!(pgberth::workers::active(), 1);
+        assert_eq!(
+            pgberth::workers::clients(),
+            [1, 0],
+            "only the active worker 0 accepts"
+        );
         pgberth::workers::hand_over(0, 1, 1);
         client.simple_query("SELECT 1").await.unwrap();
         on_worker_1().await;
