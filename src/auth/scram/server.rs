@@ -145,7 +145,8 @@ impl ScramServer {
                 "authorization identity is not supported",
             ));
         }
-        let gs2_header = format!("{flag},,");
+        // Built with `concat` rather than `format!`: these run at every login.
+        let gs2_header = [flag, ",,"].concat();
 
         if bare.starts_with("m=") {
             return Err(AuthError::Protocol(
@@ -165,12 +166,16 @@ impl ScramServer {
             return Err(AuthError::Protocol("malformed attribute after nonce"));
         }
 
-        let nonce = format!("{client_nonce}{}", self.server_nonce);
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            b64(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let nonce = [client_nonce, &self.server_nonce].concat();
+        let server_first = [
+            "r=",
+            &nonce,
+            ",s=",
+            &b64(&self.verifier.salt),
+            ",i=",
+            &self.verifier.iterations.to_string(),
+        ]
+        .concat();
         let out = server_first.clone().into_bytes();
         self.state = State::SentServerFirst {
             gs2_header,
@@ -218,7 +223,7 @@ impl ScramServer {
             .and_then(|p| p.try_into().ok())
             .ok_or(AuthError::Protocol("proof is not 32 bytes of base64"))?;
 
-        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let auth_message = [&client_first_bare, ",", &server_first, ",", without_proof].concat();
         let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
         let client_key = xor(&proof, &client_signature);
         let matches = ct_eq(&sha256(&client_key), &self.verifier.stored_key);
@@ -228,7 +233,7 @@ impl ScramServer {
         let server_signature = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
         self.client_key = Some(client_key);
         self.state = State::Done;
-        Ok(format!("v={}", b64(&server_signature)).into_bytes())
+        Ok(["v=", &b64(&server_signature)].concat().into_bytes())
     }
 
     /// After a successful [`ScramServer::client_final`]: the client's ClientKey, recovered
