@@ -107,12 +107,14 @@ fn relay(
 
 /// Gives a client a new task on another worker; this one ends.
 fn hand_over(session: Session, slot: ClientSlot, worker: u16) {
-    let Some(runtime) = crate::workers::handle(worker) else {
-        return;
-    };
     slot.info.disarm_idle_waker();
     let info = slot.info.clone();
-    let task = runtime.spawn(arrive(session, slot));
+    let task = match crate::workers::handle(worker) {
+        Some(runtime) => runtime.spawn(arrive(session, slot)),
+        // `workers::hand_over` names existing workers only; should one be missing, the
+        // client carries on where it is.
+        None => tokio::spawn(arrive(session, slot)),
+    };
     info.set_new_task(task.abort_handle());
 }
 

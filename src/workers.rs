@@ -4,9 +4,9 @@
 //!
 //! Workers join in as the load needs them: new clients go to the *active* workers only, at
 //! first worker 0 alone, and one more worker becomes active when every active one used most
-//! of a core (its thread's CPU time) in the last quarter second. A pooler that one core can carry runs on one, where its
-//! event loop batches best; one that needs more spreads over them. The thread that starts the
-//! workers is worker 0, and runs the upkeep tasks too.
+//! of a core (its thread's CPU time) in the last quarter second. A pooler that one core can
+//! carry runs on one, where its event loop batches best; one that needs more spreads over
+//! them. The thread that starts the workers is worker 0, and runs the upkeep tasks too.
 //!
 //! Clients already connected follow: at its next idle moment (between transactions) a client
 //! of a worker that has too many moves to the least busy active worker, and a worker that is
@@ -46,6 +46,7 @@ struct Shared {
     clocks: Box<[libc::clockid_t]>,
     /// How many workers (counting from 0) take new clients.
     active: watch::Sender<usize>,
+    /// Each worker's clients and hand-over request.
     load: Box<[WorkerLoad]>,
     /// Each worker's CPU time, and when, at the last look (`adjust_active`).
     last_look: Mutex<(Instant, Vec<Duration>)>,
@@ -128,9 +129,18 @@ pub fn take_hand_over() -> Option<u16> {
 }
 
 /// Asks worker `from` to hand `count` of its clients to worker `to`, each at its next idle
-/// moment; replaces an earlier request.
+/// moment; replaces an earlier request. A request to hand clients to itself or to a worker
+/// that does not exist clears it.
 pub fn hand_over(from: u16, count: u32, to: u16) {
-    if let Some(load) = WORKERS.get().and_then(|w| w.load.get(usize::from(from))) {
+    let Some(workers) = WORKERS.get() else {
+        return;
+    };
+    let count = if to == from || usize::from(to) >= workers.handles.len() {
+        0
+    } else {
+        count
+    };
+    if let Some(load) = workers.load.get(usize::from(from)) {
         load.hand_over_to.store(to, Ordering::Relaxed);
         load.hand_over.store(count, Ordering::Relaxed);
     }
