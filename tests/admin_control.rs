@@ -137,7 +137,11 @@ async fn pause_holds_new_transactions_until_resume() {
     let admin = admin(&pgberth).await;
     let client = app_client(&pgberth).await;
     client.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(pools_value(&admin, "sv_idle").await, 1);
+    // The client may see its answer a moment before its connection is back in the pool.
+    eventually("the server connection is idle in the pool", || async {
+        pools_value(&admin, "sv_idle").await == 1
+    })
+    .await;
 
     admin.simple_query("PAUSE").await.unwrap();
     assert_eq!(
