@@ -115,7 +115,7 @@ fn hand_over(session: Session, slot: ClientSlot, worker: u16) {
         // client carries on where it is.
         None => tokio::spawn(arrive(session, slot)),
     };
-    info.set_new_task(task.abort_handle());
+    info.set_abort(Some(task.abort_handle()));
 }
 
 /// A client's new task on the worker it was handed to: its sockets move here first.

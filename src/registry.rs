@@ -103,7 +103,7 @@ pub struct ClientInfo {
     waker_armed: AtomicBool,
     /// Set by the upkeep: the client has been idle a while and should park.
     park_requested: AtomicBool,
-    /// KILL_CLIENT or KILL ended it; a task started for it later must end too.
+    /// KILL_CLIENT or KILL ended it; a task recorded for it later ends too (`set_abort`).
     killed: AtomicBool,
 }
 
@@ -158,18 +158,16 @@ impl ClientInfo {
     }
 
     /// Records the client's current task, for KILL_CLIENT; `None` when it parks (a handle
-    /// would keep the ended task's memory).
+    /// would keep the ended task's memory). A task recorded after the client was killed (it
+    /// was between tasks: resuming, moving to another worker) is ended at once.
     pub fn set_abort(&self, handle: Option<AbortHandle>) {
-        *self.abort.lock().unwrap_or_else(|e| e.into_inner()) = handle;
-    }
-
-    /// Records the client's new task (after a move between workers); ends it at once if the
-    /// client was killed meanwhile.
-    pub fn set_new_task(&self, handle: AbortHandle) {
-        self.set_abort(Some(handle.clone()));
-        if self.killed.load(Ordering::Acquire) {
-            handle.abort();
+        let mut abort = self.abort.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = &handle
+            && self.killed.load(Ordering::Acquire)
+        {
+            task.abort();
         }
+        *abort = handle;
     }
 
     /// Lets the upkeep wake this client's task to park it, unless it already can. Called by
