@@ -139,35 +139,18 @@ fn start_client(app: &Arc<App>, stream: Stream) {
 /// Accepts TCP clients until the process stops accepting; not while SUSPENDed (new
 /// connections wait in the kernel's backlog), nor while this worker is not active.
 pub async fn accept_tcp(app: Arc<App>, listener: std::net::TcpListener) {
-    let mut listener = OnRuntime::<TcpListener>::new(listener);
-    let mut state = app.watch_state();
-    let mut suspended = app.control.watch_suspended();
-    let mut turn = Turn::new();
-    loop {
-        let accepting = !*suspended.borrow_and_update() && turn.is_mine();
-        let registered = listener.registered_if(accepting);
-        tokio::select! {
-            _ = suspended.changed() => {}
-            _ = turn.changed() => {}
-            accepted = accept(registered, TcpListener::accept) => match accepted {
-                Ok((stream, _)) => {
-                    tune_client_socket(&stream, app.config().general.tcp_keepalive);
-                    start_client(&app, Stream::Tcp(stream));
-                }
-                Err(e) => accept_failed(e).await,
-            },
-            _ = state.changed() => {
-                if *state.borrow_and_update() != RunState::Running {
-                    return;
-                }
-            }
-        }
-    }
+    accept_clients::<TcpListener>(app, listener).await;
 }
 
 /// Accepts unix-socket clients as `accept_tcp` does TCP ones; then removes the socket file.
 pub async fn accept_unix(app: Arc<App>, listener: std::os::unix::net::UnixListener, path: PathBuf) {
-    let mut listener = OnRuntime::<UnixListener>::new(listener);
+    accept_clients::<UnixListener>(app, listener).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The accept loop of either kind of listening socket, until the process stops accepting.
+async fn accept_clients<L: Listen>(app: Arc<App>, listener: L::Std) {
+    let mut listener = OnRuntime::<L>::new(listener);
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
     let mut turn = Turn::new();
@@ -177,13 +160,12 @@ pub async fn accept_unix(app: Arc<App>, listener: std::os::unix::net::UnixListen
         tokio::select! {
             _ = suspended.changed() => {}
             _ = turn.changed() => {}
-            accepted = accept(registered, UnixListener::accept) => match accepted {
-                Ok((stream, _)) => start_client(&app, Stream::Unix(stream)),
+            accepted = accept(registered, &app) => match accepted {
+                Ok(stream) => start_client(&app, stream),
                 Err(e) => accept_failed(e).await,
             },
             _ = state.changed() => {
                 if *state.borrow_and_update() != RunState::Running {
-                    let _ = std::fs::remove_file(&path);
                     return;
                 }
             }
@@ -191,13 +173,10 @@ pub async fn accept_unix(app: Arc<App>, listener: std::os::unix::net::UnixListen
     }
 }
 
-/// Accepts from `listener` when there is one; else waits forever.
-async fn accept<'a, L, F, T>(listener: Option<&'a L>, accept: impl FnOnce(&'a L) -> F) -> T
-where
-    F: std::future::Future<Output = T>,
-{
+/// Accepts a client from `listener` when there is one; else waits forever.
+async fn accept<L: Listen>(listener: Option<&L>, app: &App) -> std::io::Result<Stream> {
     match listener {
-        Some(listener) => accept(listener).await,
+        Some(listener) => listener.accept_client(app).await,
         None => std::future::pending().await,
     }
 }
@@ -240,10 +219,12 @@ impl<L: Listen> OnRuntime<L> {
 }
 
 /// The two kinds of listening socket, on and off the runtime.
-trait Listen: Sized {
-    type Std;
+trait Listen: Sized + Send + Sync + 'static {
+    type Std: Send;
     fn from_std(listener: Self::Std) -> std::io::Result<Self>;
     fn into_std(self) -> std::io::Result<Self::Std>;
+    /// Accepts one client, its socket tuned as the config says.
+    fn accept_client(&self, app: &App) -> impl Future<Output = std::io::Result<Stream>> + Send;
 }
 
 impl Listen for TcpListener {
@@ -254,6 +235,11 @@ impl Listen for TcpListener {
     fn into_std(self) -> std::io::Result<Self::Std> {
         TcpListener::into_std(self)
     }
+    async fn accept_client(&self, app: &App) -> std::io::Result<Stream> {
+        let (stream, _) = self.accept().await?;
+        tune_client_socket(&stream, app.config().general.tcp_keepalive);
+        Ok(Stream::Tcp(stream))
+    }
 }
 
 impl Listen for UnixListener {
@@ -263,6 +249,10 @@ impl Listen for UnixListener {
     }
     fn into_std(self) -> std::io::Result<Self::Std> {
         UnixListener::into_std(self)
+    }
+    async fn accept_client(&self, _app: &App) -> std::io::Result<Stream> {
+        let (stream, _) = self.accept().await?;
+        Ok(Stream::Unix(stream))
     }
 }
 
