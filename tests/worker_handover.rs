@@ -14,21 +14,14 @@ use support::{APP_DB, PATIENCE, SCRAM_PASS, SCRAM_USER, conn_str, eventually};
 /// An `App` serving the test cluster as `app` (transaction mode) and `app_session` (session
 /// mode), with an accept loop on every worker; returns it and its port.
 fn pooler(dir: &std::path::Path) -> (Arc<App>, u16) {
-    let userlist = dir.join("userlist.txt");
-    std::fs::write(&userlist, format!("\"{SCRAM_USER}\" \"{SCRAM_PASS}\"\n")).unwrap();
-    let ini = dir.join("pgberth.ini");
-    let pg = support::cluster().port();
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\n{APP_DB} = host=127.0.0.1 port={pg} dbname={APP_DB}\n\
-             app_session = host=127.0.0.1 port={pg} dbname={APP_DB} pool_mode=session\n\n\
-             [pgbouncer]\nauth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n",
-            userlist.display()
+    let app = support::in_process_app(
+        dir,
+        &format!(
+            "{APP_DB} = host=127.0.0.1 port=@PGPORT@ dbname={APP_DB}\n\
+             app_session = host=127.0.0.1 port=@PGPORT@ dbname={APP_DB} pool_mode=session"
         ),
-    )
-    .unwrap();
-    let app = App::new(pgberth::process::load_config(&ini).expect("the test config loads"));
+        "pool_mode = transaction",
+    );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();

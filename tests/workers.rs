@@ -7,37 +7,28 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use pgberth::app::App;
-use support::{APP_DB, PATIENCE, SCRAM_PASS, SCRAM_USER};
+use support::{APP_DB, PATIENCE, SCRAM_USER};
 
 /// An `App` (no listener) whose database `app` is the test cluster, with the given
 /// `server_tls_sslmode`.
-fn app(dir: &std::path::Path, server_tls: &str) -> Arc<App> {
-    let userlist = dir.join(format!("userlist-{server_tls}.txt"));
-    std::fs::write(&userlist, format!("\"{SCRAM_USER}\" \"{SCRAM_PASS}\"\n")).unwrap();
-    let ini = dir.join(format!("pgberth-{server_tls}.ini"));
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\n{APP_DB} = host=127.0.0.1 port={} dbname={APP_DB}\n\n\
-             [pgbouncer]\nauth_type = scram-sha-256\nauth_file = {}\n\
-             pool_mode = transaction\nserver_tls_sslmode = {server_tls}\n",
-            support::cluster().port(),
-            userlist.display()
-        ),
-    )
-    .unwrap();
-    App::new(pgberth::process::load_config(&ini).expect("the test config loads"))
+fn app(server_tls: &str) -> (Arc<App>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = support::in_process_app(
+        dir.path(),
+        &format!("{APP_DB} = host=127.0.0.1 port=@PGPORT@ dbname={APP_DB}"),
+        &format!("pool_mode = transaction\nserver_tls_sslmode = {server_tls}"),
+    );
+    (app, dir)
 }
 
 #[test]
 fn a_server_connection_opened_on_one_worker_serves_a_client_on_another() {
     support::cluster_ssl_on();
-    let dir = tempfile::tempdir().unwrap();
     let (worker_0, _others) = pgberth::workers::start(2).expect("start two workers");
     let worker_1 = pgberth::workers::handles()[1].clone();
 
     for server_tls in ["disable", "require"] {
-        let app = app(dir.path(), server_tls);
+        let (app, _dir) = app(server_tls);
         let db = app.config().database(APP_DB).unwrap();
         let pool = app.pool(&db, SCRAM_USER);
 

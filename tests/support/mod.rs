@@ -219,3 +219,27 @@ pub fn turn_ssl_on(files: &[(&str, &Path)]) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A pgberth `App` inside the test process (no listener, no signals), for tests that drive
+/// the library directly. `dir` gets `pgberth.ini` (`[databases]` holding `databases`, then
+/// `[pgbouncer]` with SCRAM authentication and `settings`) and a `userlist.txt` holding
+/// `scram_user`; `@PGPORT@` stands for the test cluster's port.
+pub fn in_process_app(
+    dir: &Path,
+    databases: &str,
+    settings: &str,
+) -> std::sync::Arc<pgberth::app::App> {
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(&userlist, format!("\"{SCRAM_USER}\" \"{SCRAM_PASS}\"\n")).unwrap();
+    let ini = dir.join("pgberth.ini");
+    let body = format!(
+        "[databases]\n{databases}\n\n[pgbouncer]\nauth_type = scram-sha-256\nauth_file = {}\n{settings}\n",
+        userlist.display()
+    );
+    std::fs::write(
+        &ini,
+        body.replace("@PGPORT@", &cluster().port().to_string()),
+    )
+    .unwrap();
+    pgberth::app::App::new(pgberth::process::load_config(&ini).expect("the test config loads"))
+}
