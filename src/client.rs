@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::app::{App, ClientSlot};
 use crate::auth::auth_query;
@@ -18,7 +18,7 @@ use crate::protocol::{ErrorResponse, MAX_PRE_AUTH_MESSAGE, SqlState, TxStatus, b
 use crate::registry::{ClientInfo, ClientLogin, tls_description};
 use crate::relay::{RunEnd, Session};
 use crate::server::ServerConnectError;
-use crate::stream::{ReadError, Stream, read_message};
+use crate::stream::{MessageReader, ReadError, Stream};
 
 /// Capacity of the buffers an authentication exchange writes and reads: its messages fit, so
 /// a login grows no buffer.
@@ -33,6 +33,20 @@ const TRACKED_PARAMETERS: &[&str] = &[
     "standard_conforming_strings",
     "application_name",
 ];
+
+/// The client's address as logs and `application_name_add_host` show it: formatted only when
+/// used.
+#[derive(Debug, Clone, Copy)]
+struct Peer(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unix"),
+        }
+    }
+}
 
 /// Why a login ended without a session; `Reported` errors were already sent to the client.
 #[derive(Debug, thiserror::Error)]
@@ -81,21 +95,17 @@ pub fn serve(
         let Some(session) = login.await else {
             return;
         };
-        relay(session, slot, true).await;
+        relay(session, slot).await;
     }
 }
 
 /// Relays a logged-in client's session until it ends, parks it when it goes quiet, or hands
 /// it to another worker (`workers.rs`).
 #[allow(clippy::manual_async_fn)]
-fn relay(
-    mut session: Session,
-    slot: ClientSlot,
-    park_soon: bool,
-) -> impl Future<Output = ()> + Send {
+fn relay(mut session: Session, slot: ClientSlot) -> impl Future<Output = ()> + Send {
     async move {
         let relaying = crate::workers::Relaying::start();
-        let end = session.run(park_soon).await;
+        let end = session.run().await;
         drop(relaying);
         match end {
             RunEnd::Closed => {}
@@ -123,7 +133,7 @@ fn hand_over(session: Session, slot: ClientSlot, worker: u16) {
 fn arrive(mut session: Session, slot: ClientSlot) -> impl Future<Output = ()> + Send {
     async move {
         match session.move_to_this_worker() {
-            Ok(()) => relay(session, slot, false).await,
+            Ok(()) => relay(session, slot).await,
             Err(e) => {
                 tracing::info!(database = %slot.info.names().0, "closing a client that could not move to another worker: {e}");
             }
@@ -163,7 +173,7 @@ pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send {
     async move {
         let Parked { mut session, slot } = parked;
         match session.put_client_back_on_runtime() {
-            Ok(()) => relay(session, slot, true).await,
+            Ok(()) => relay(session, slot).await,
             Err(e) => {
                 tracing::info!(database = %slot.info.names().0, "closing a parked client that could not resume: {e}");
             }
@@ -186,13 +196,10 @@ async fn login_with_timeout(
     info: Arc<ClientInfo>,
 ) -> Option<Admitted> {
     // From the address read at accept: no second system call.
-    let peer = match info.ends.remote {
-        Some(addr) => addr.to_string(),
-        None => "unix".to_owned(),
-    };
+    let peer = Peer(info.ends.remote);
     let config = app.config();
     let timeout = config.general.client_login_timeout;
-    let login = login(&app, &config, stream, admitted, &peer, info);
+    let login = login(&app, &config, stream, admitted, peer, info);
     let result = if timeout.is_zero() {
         login.await
     } else {
@@ -227,23 +234,24 @@ async fn send_fatal(stream: &mut Stream, err: ErrorResponse) -> LoginError {
 async fn read_startup(
     app: &App,
     mut stream: Stream,
+    incoming: &mut MessageReader,
 ) -> Result<(Stream, StartupParams), LoginError> {
     let tls = app.tls();
     loop {
-        let mut header = [0u8; 4];
-        stream.read_exact(&mut header).await?;
-        let len = match startup::startup_length(header) {
-            Ok(len) => len,
-            Err(e) => {
-                let msg = format!("invalid startup packet: {e}");
+        let packet = match incoming.startup_packet(&mut stream).await {
+            Ok(body) => startup::parse_startup(body),
+            Err(ReadError::Frame(e)) => Err(startup::StartupError::Frame(e)),
+            Err(e) => return Err(e.into()),
+        };
+        match packet {
+            Ok(StartupPacket::Startup(params)) => return Ok((stream, params)),
+            Ok(StartupPacket::SslRequest) if incoming.buffered() > 0 => {
+                // What follows must be a TLS handshake, sent after our answer: bytes sent
+                // before it were not encrypted, and must not be taken for the handshake.
+                let msg = "received unencrypted data after SSL request".to_owned();
                 let err = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg);
                 return Err(send_fatal(&mut stream, err).await);
             }
-        };
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
-        match startup::parse_startup(&body) {
-            Ok(StartupPacket::Startup(params)) => return Ok((stream, params)),
             Ok(StartupPacket::SslRequest) => {
                 stream = match (stream, &tls.acceptor) {
                     (Stream::Tcp(mut tcp), Some(config)) => {
@@ -303,10 +311,11 @@ async fn login(
     config: &Config,
     stream: Stream,
     admitted: bool,
-    peer: &str,
+    peer: Peer,
     info: Arc<ClientInfo>,
 ) -> Result<Admitted, LoginError> {
-    let (mut stream, params) = read_startup(app, stream).await?;
+    let mut incoming = MessageReader::default();
+    let (mut stream, params) = read_startup(app, stream, &mut incoming).await?;
     let fatal = |code, msg: String| ErrorResponse::fatal(code, msg);
     // client_tls_sslmode = require and stricter: TCP clients must have switched to TLS (unix
     // socket clients cannot, and are exempt, as in PgBouncer).
@@ -364,7 +373,7 @@ async fn login(
         }
     }
     if crate::config::ADMIN_DATABASES.contains(&dbname.as_str()) {
-        return admin_login(app, config, stream, &user, &dbname, peer, info).await;
+        return admin_login(app, config, stream, incoming, &user, &dbname, peer, info).await;
     }
     let Some(db) = config.database(&dbname) else {
         return Err(send_fatal(
@@ -389,8 +398,14 @@ async fn login(
         (None, _) => user.clone(),
     };
     let pool = app.pool(&db, &server_user);
+    // The greeting, after whatever the auth exchange's last message was (SASLFinal): one send.
     let mut out = Vec::with_capacity(512);
-    authenticate(app, config, &mut stream, &user, &db, &pool).await?;
+    let io = LoginIo {
+        stream: &mut stream,
+        incoming: &mut incoming,
+        out: &mut out,
+    };
+    authenticate(app, config, io, &user, &db, &pool).await?;
     if app.control.is_disabled(&dbname) {
         let msg = format!(
             "database \"{dbname}\" does not allow connections: it is disabled (DISABLE on the admin console)"
@@ -430,6 +445,7 @@ async fn login(
     Ok(Admitted::Session(Session::new(
         app.clone(),
         stream,
+        incoming.into_leftover(),
         pool,
         mode,
         server,
@@ -458,13 +474,15 @@ fn tracked_name<'a>(config: &'a Config, key: &str) -> Option<&'a str> {
 /// PgBouncer, user `pgbouncer` connecting over the unix socket as the OS user pgberth runs as
 /// needs no password. The console runs in this task; the client never gets a server
 /// connection.
+#[allow(clippy::too_many_arguments)]
 async fn admin_login(
     app: &Arc<App>,
     config: &Config,
     mut stream: Stream,
+    mut incoming: MessageReader,
     user: &str,
     dbname: &str,
-    peer: &str,
+    peer: Peer,
     info: Arc<ClientInfo>,
 ) -> Result<Admitted, LoginError> {
     let general = &config.general;
@@ -475,9 +493,15 @@ async fn admin_login(
     let me = unsafe { libc::geteuid() };
     let same_os_user = user == "pgbouncer"
         && matches!(&stream, Stream::Unix(u) if u.peer_cred().is_ok_and(|c| c.uid() == me));
+    let mut out = Vec::with_capacity(256);
     if !same_os_user {
         let secret = config.userlist.get(user).cloned();
-        exchange(app, config, &mut stream, user, dbname, secret, None).await?;
+        let io = LoginIo {
+            stream: &mut stream,
+            incoming: &mut incoming,
+            out: &mut out,
+        };
+        exchange(app, config, io, user, dbname, secret, None).await?;
         if !is_stats {
             let msg = format!(
                 "user \"{user}\" is not allowed to use the admin console (admin_users, stats_users)"
@@ -492,7 +516,6 @@ async fn admin_login(
     if general.log_connections {
         tracing::info!(peer = %peer, user = %user, "admin console login");
     }
-    let mut out = Vec::with_capacity(256);
     build::auth_ok(&mut out);
     for (name, value) in [
         ("server_version", crate::admin::SERVER_VERSION),
@@ -519,13 +542,14 @@ async fn admin_login(
     Ok(Admitted::Console(Box::new(crate::admin::Console::new(
         app.clone(),
         stream,
+        incoming,
         may_control,
     ))))
 }
 
 /// The startup parameters a client set that pgberth carries to its server connections, with
 /// the client's address added to application_name when `application_name_add_host` is on.
-fn wanted_params(config: &Config, params: &StartupParams, peer: &str) -> Vec<(String, String)> {
+fn wanted_params(config: &Config, params: &StartupParams, peer: Peer) -> Vec<(String, String)> {
     let mut wanted: Vec<(String, String)> = params
         .params
         .iter()
@@ -627,7 +651,7 @@ fn wrong_password(user: &str) -> ErrorResponse {
 async fn authenticate(
     app: &App,
     config: &Config,
-    stream: &mut Stream,
+    io: LoginIo<'_>,
     user: &str,
     db: &Database,
     pool: &Pool,
@@ -636,11 +660,11 @@ async fn authenticate(
         Some(secret) => (Some(secret.clone()), false),
         None if config.general.auth_type == AuthType::Any => (None, false),
         None => (
-            looked_up_secret(app, config, stream, user, db, pool).await?,
+            looked_up_secret(app, config, io.stream, user, db, pool).await?,
             true,
         ),
     };
-    let result = exchange(app, config, stream, user, &db.name, secret, Some(pool)).await;
+    let result = exchange(app, config, io, user, &db.name, secret, Some(pool)).await;
     if looked_up && result.is_err() {
         // The password may have changed on the server: ask again next time.
         app.auth_cache.forget(&db.name, user);
@@ -737,15 +761,28 @@ fn method(app: &App, config: &Config, stream: &Stream, user: &str, database: &st
     }
 }
 
+/// What an auth exchange works with: the client's socket, the reader of its messages, and the
+/// greeting its last message (SASLFinal) is sent with.
+struct LoginIo<'a> {
+    stream: &'a mut Stream,
+    incoming: &'a mut MessageReader,
+    out: &'a mut Vec<u8>,
+}
+
 async fn exchange(
     app: &App,
     config: &Config,
-    stream: &mut Stream,
+    io: LoginIo<'_>,
     user: &str,
     database: &str,
     secret: Option<Secret>,
     pool: Option<&Pool>,
 ) -> Result<(), LoginError> {
+    let LoginIo {
+        stream,
+        incoming,
+        out,
+    } = io;
     let refuse = |msg: String| ErrorResponse::fatal(SqlState::INVALID_AUTHORIZATION, msg);
     match method(app, config, stream, user, database) {
         Method::Any | Method::Trust { listed: false } => Ok(()),
@@ -753,12 +790,14 @@ async fn exchange(
             Some(_) => Ok(()),
             None => Err(send_fatal(stream, refuse(format!("no such user: \"{user}\""))).await),
         },
-        Method::Plain => plain_auth(stream, user, secret.as_ref()).await,
+        Method::Plain => plain_auth(stream, incoming, user, secret.as_ref()).await,
         Method::Md5 => match secret {
-            Some(Secret::Scram(_)) => scram_auth(stream, user, secret.as_ref(), pool).await,
-            _ => md5_auth(stream, user, secret.as_ref()).await,
+            Some(Secret::Scram(_)) => {
+                scram_auth(stream, incoming, out, user, secret.as_ref(), pool).await
+            }
+            _ => md5_auth(stream, incoming, user, secret.as_ref()).await,
         },
-        Method::Scram => scram_auth(stream, user, secret.as_ref(), pool).await,
+        Method::Scram => scram_auth(stream, incoming, out, user, secret.as_ref(), pool).await,
         Method::Cert => match crate::tls::client_certificate_cn(stream) {
             Some(cn) if cn == user => Ok(()),
             Some(_) => {
@@ -828,31 +867,22 @@ fn peer_os_user(stream: &Stream) -> Option<String> {
     name.to_str().ok().map(str::to_owned)
 }
 
-/// Reads the client's PasswordMessage (tag `p`), bounded before allocation.
-async fn read_password_message(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(), LoginError> {
-    match read_message(stream, buf, MAX_PRE_AUTH_MESSAGE).await {
-        Ok(frontend::PASSWORD) => Ok(()),
-        Ok(tag) => {
-            let msg = format!(
-                "expected password response, got message type '{}'",
-                tag as char
-            );
-            Err(send_fatal(
-                stream,
-                ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg),
-            )
-            .await)
-        }
-        Err(ReadError::Frame(e)) => Err(send_fatal(
-            stream,
-            ErrorResponse::fatal(
-                SqlState::PROTOCOL_VIOLATION,
-                format!("invalid password packet: {e}"),
-            ),
-        )
-        .await),
-        Err(e) => Err(e.into()),
-    }
+/// Reads the client's PasswordMessage (tag `p`), bounded before allocation; returns it whole.
+async fn read_password_message<'a>(
+    stream: &mut Stream,
+    incoming: &'a mut MessageReader,
+) -> Result<&'a [u8], LoginError> {
+    let msg = match incoming.message(stream, MAX_PRE_AUTH_MESSAGE).await {
+        Ok(msg) if msg[0] == frontend::PASSWORD => return Ok(msg),
+        Ok(msg) => format!(
+            "expected password response, got message type '{}'",
+            msg[0] as char
+        ),
+        Err(ReadError::Frame(e)) => format!("invalid password packet: {e}"),
+        Err(e) => return Err(e.into()),
+    };
+    let err = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, msg);
+    Err(send_fatal(stream, err).await)
 }
 
 fn cstr_body(buf: &[u8]) -> &str {
@@ -863,15 +893,14 @@ fn cstr_body(buf: &[u8]) -> &str {
 
 async fn plain_auth(
     stream: &mut Stream,
+    incoming: &mut MessageReader,
     user: &str,
     secret: Option<&Secret>,
 ) -> Result<(), LoginError> {
     let mut out = Vec::with_capacity(LOGIN_BUFFER);
     build::auth_cleartext(&mut out);
     stream.send(&out).await?;
-    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
-    read_password_message(stream, &mut buf).await?;
-    let given = cstr_body(&buf);
+    let given = cstr_body(read_password_message(stream, incoming).await?);
     let ok = match secret {
         Some(Secret::Plain(p)) => crate::auth::ct_eq(p.as_bytes(), given.as_bytes()),
         Some(Secret::Md5(m)) => {
@@ -891,6 +920,7 @@ async fn plain_auth(
 
 async fn md5_auth(
     stream: &mut Stream,
+    incoming: &mut MessageReader,
     user: &str,
     secret: Option<&Secret>,
 ) -> Result<(), LoginError> {
@@ -898,9 +928,7 @@ async fn md5_auth(
     let mut out = Vec::with_capacity(LOGIN_BUFFER);
     build::auth_md5(&mut out, salt);
     stream.send(&out).await?;
-    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
-    read_password_message(stream, &mut buf).await?;
-    let response = cstr_body(&buf);
+    let response = cstr_body(read_password_message(stream, incoming).await?);
     let stored = match secret {
         Some(Secret::Plain(p)) => Some(md5_secret(user, p)),
         Some(Secret::Md5(m)) => Some(m.clone()),
@@ -912,8 +940,12 @@ async fn md5_auth(
     }
 }
 
+/// SCRAM-SHA-256. Its last message, SASLFinal, is appended to `greeting` rather than sent: it
+/// goes out with AuthenticationOk.
 async fn scram_auth(
     stream: &mut Stream,
+    incoming: &mut MessageReader,
+    greeting: &mut Vec<u8>,
     user: &str,
     secret: Option<&Secret>,
     pool: Option<&Pool>,
@@ -929,9 +961,7 @@ async fn scram_auth(
     build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
     stream.send(&out).await?;
 
-    let mut buf = Vec::with_capacity(LOGIN_BUFFER);
-    read_password_message(stream, &mut buf).await?;
-    let initial = parse_sasl_initial(&buf[5..]);
+    let initial = parse_sasl_initial(&read_password_message(stream, incoming).await?[5..]);
     let Some(("SCRAM-SHA-256", data)) = initial else {
         let msg = "expected SASLInitialResponse for mechanism SCRAM-SHA-256".to_owned();
         return Err(send_fatal(
@@ -948,8 +978,8 @@ async fn scram_auth(
     build::auth_sasl_continue(&mut out, &server_first);
     stream.send(&out).await?;
 
-    read_password_message(stream, &mut buf).await?;
-    let server_final = match server.client_final(&buf[5..]) {
+    let client_final = read_password_message(stream, incoming).await?;
+    let server_final = match server.client_final(&client_final[5..]) {
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
@@ -961,9 +991,7 @@ async fn scram_auth(
     {
         pool.set_scram_keys(client_key, verifier.server_key);
     }
-    out.clear();
-    build::auth_sasl_final(&mut out, &server_final);
-    stream.send(&out).await?;
+    build::auth_sasl_final(greeting, &server_final);
     Ok(())
 }
 

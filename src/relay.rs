@@ -40,6 +40,10 @@ pub struct Session {
     wanted_params: Box<[(String, ParamValue)]>,
     /// Named prepared statements, in transaction and statement mode (created at first use).
     statements: Option<Box<ClientState>>,
+    /// Bytes the client sent right behind its last login message, read with it: the first
+    /// stretch starts with them. A thin pointer: every byte of an idle client's task counts.
+    #[allow(clippy::box_collection)]
+    early: Option<Box<Vec<u8>>>,
 }
 
 /// What follows a stretch of relaying.
@@ -50,16 +54,11 @@ enum Next {
     NothingRead,
     /// The session ends; `Some` is the error to send the client first.
     Close(Option<ErrorResponse>),
-    /// The client stayed quiet after logging in (or after resuming): it parks.
+    /// The client stayed quiet and the upkeep asked it to park.
     Park,
     /// The client is idle and its worker hands it over to this one (`workers.rs`).
     Move(u16),
 }
-
-/// How long a client that may park must stay quiet, after logging in or resuming, before it
-/// does. Short enough that idle clients cost little soon after connecting; long enough that a
-/// client that sends its first query at once (pgbench -C) never parks.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How a session's `run` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,9 +105,12 @@ impl Drop for Session {
 }
 
 impl Session {
+    // Each argument is part of what a login established.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: Arc<App>,
         client: Stream,
+        early: Vec<u8>,
         pool: Arc<Pool>,
         mode: PoolMode,
         server: Option<Box<ServerConn>>,
@@ -129,6 +131,7 @@ impl Session {
                 .map(|(k, v)| (k.clone(), ParamValue::Plain(v.clone())))
                 .collect(),
             statements: None,
+            early: (!early.is_empty()).then(|| Box::new(early)),
         };
         let mut session = session;
         if let Some(conn) = server {
@@ -306,10 +309,9 @@ impl Session {
     }
 
     /// Relays until the client leaves, then cleans up; or until it has been quiet long
-    /// enough to park, or moves to another worker. `park_soon`: just logged in or resumed,
-    /// it parks when its first idle moment lasts `PARK_AFTER`.
-    pub async fn run(&mut self, park_soon: bool) -> RunEnd {
-        let reason = match self.relay_until_done(park_soon).await {
+    /// enough to park, or moves to another worker.
+    pub async fn run(&mut self) -> RunEnd {
+        let reason = match self.relay_until_done().await {
             Next::Park => return RunEnd::Park,
             Next::Move(worker) => return RunEnd::Move(worker),
             Next::Close(reason) => reason,
@@ -390,7 +392,10 @@ impl Session {
             }
             None => {}
         }
-        let _ = self.client.shutdown().await;
+        // TLS ends with close_notify; a plaintext socket sends its FIN when it is dropped.
+        if self.client.is_tls() {
+            let _ = self.client.shutdown().await;
+        }
     }
 
     /// A server connection leaves this client idle: reset it when the client leaves a
@@ -416,32 +421,24 @@ impl Session {
 
     /// Relays stretch after stretch, waiting idle in between; ends with `Next::Close` (`None`
     /// when the client left normally, or the error to send it) or `Next::Park`.
-    async fn relay_until_done(&mut self, park_soon: bool) -> Next {
+    async fn relay_until_done(&mut self) -> Next {
         let timers = Timers::new(&self.app.config().general);
-        // A park timer runs at the first idle moment after login or resuming only: a busy
-        // client arms no timer per transaction. Later, the upkeep asks clients that have been
-        // idle a while to park (`App::maintenance`).
-        let mut park_soon = park_soon && self.may_park();
         loop {
-            // Idle: no bytes in flight, no buffer held.
-            let parks = (!park_soon && self.may_park()).then_some(&*self.info);
-            let timer = if park_soon {
-                IdleTimer::Park(PARK_AFTER)
-            } else if timers.client_idle_ms != 0 {
-                IdleTimer::Close(timers.client_idle_timeout())
-            } else {
-                IdleTimer::None
-            };
+            // Idle: no bytes in flight, no buffer held. No timer is armed for parking: the
+            // upkeep asks clients that have been idle a while to park (`App::maintenance`).
+            let parks = self.may_park().then_some(&*self.info);
+            let close_after = (timers.client_idle_ms != 0).then(|| timers.client_idle_timeout());
             let server = self.server.as_deref();
-            match wait_idle(&self.client, server, timer, parks).await {
-                Ok(Idle::Readable) => {}
-                Ok(Idle::Quiet) => return Next::Park,
-                Err(e) => return Next::Close(e),
+            if self.early.is_none() {
+                match wait_idle(&self.client, server, close_after, parks).await {
+                    Ok(Idle::Readable) => {}
+                    Ok(Idle::Quiet) => return Next::Park,
+                    Err(e) => return Next::Close(e),
+                }
             }
             match self.stretch(timers).await {
                 Next::NothingRead => {}
                 Next::Idle => {
-                    park_soon = false;
                     if let Some(worker) = crate::workers::take_hand_over() {
                         return Next::Move(worker);
                     }
@@ -462,9 +459,17 @@ impl Session {
             rewrite,
             timers.enabled(),
         );
-        let held = self.server.is_some();
-        if !held {
-            match pump.read_client_now(&mut self.client, &self.info) {
+        let first = match self.early.take() {
+            Some(early) => Some(pump.early_client_bytes(&early, &self.info)),
+            None if self.server.is_none() => {
+                Some(pump.read_client_now(&mut self.client, &self.info))
+            }
+            // Session mode: the server connection is held, and `probe` looks at both sides.
+            None => None,
+        };
+        let read_first = first.is_some();
+        if let Some(first) = first {
+            match first {
                 Ok(true) => {}
                 Ok(false) => return Next::NothingRead,
                 Err(Outcome::ClientLeft { .. }) => return Next::Close(None),
@@ -487,9 +492,14 @@ impl Session {
                 }
                 return Next::Idle;
             }
-            match self.checkout().await {
-                Ok(conn) => self.hold(conn),
-                Err(e) => {
+            let checkout = match self.server {
+                Some(_) => None,
+                None => Some(self.checkout().await),
+            };
+            match checkout {
+                None => {}
+                Some(Ok(conn)) => self.hold(conn),
+                Some(Err(e)) => {
                     let db = self.app.config().database(self.database());
                     return Next::close(match db {
                         Some(db) => crate::client::checkout_error(&db, e),
@@ -515,7 +525,7 @@ impl Session {
             };
             if let Err(outcome) = pump.process_first_chunk(rewriting.as_mut(), &self.info) {
                 outcome
-            } else if held
+            } else if !read_first
                 && let Some(found) = pump.probe(
                     &mut self.client,
                     &mut server.stream,
@@ -623,25 +633,16 @@ fn protocol_error(e: FrameError) -> ErrorResponse {
     )
 }
 
-/// The timer of an idle wait.
-enum IdleTimer {
-    None,
-    /// client_idle_timeout: close the client when it fires.
-    Close(Duration),
-    /// Park the client when it fires.
-    Park(Duration),
-}
-
 /// How an idle wait ended.
 enum Idle {
     /// The client (or the held server) has bytes, or closed.
     Readable,
-    /// The park timer fired first.
+    /// The upkeep asked the client to park.
     Quiet,
 }
 
 /// Waits, holding no buffer, until the client (or the held server, in session mode) has bytes.
-/// `Err(None)` when the client is gone, `Err(Some(_))` on client_idle_timeout.
+/// `Err(None)` when the client is gone, `Err(Some(_))` on client_idle_timeout (`close_after`).
 ///
 /// Polls readiness directly, so the future keeps four words: an idle client's task stays
 /// small.
@@ -650,14 +651,10 @@ enum Idle {
 fn wait_idle<'a>(
     client: &'a Stream,
     server: Option<&'a ServerConn>,
-    timer: IdleTimer,
+    close_after: Option<Duration>,
     parks: Option<&'a ClientInfo>,
 ) -> impl Future<Output = Result<Idle, Option<ErrorResponse>>> + 'a {
-    let (mut deadline, timer_parks) = match timer {
-        IdleTimer::None => (None, false),
-        IdleTimer::Close(after) => (Some(Box::pin(tokio::time::sleep(after))), false),
-        IdleTimer::Park(after) => (Some(Box::pin(tokio::time::sleep(after))), true),
-    };
+    let mut deadline = close_after.map(|after| Box::pin(tokio::time::sleep(after)));
     poll_fn(move |cx| {
         let ready = match client.poll_read_ready(cx) {
             Poll::Pending => server.map_or(Poll::Pending, |conn| conn.stream.poll_read_ready(cx)),
@@ -673,7 +670,6 @@ fn wait_idle<'a>(
             info.arm_idle_waker(cx.waker());
         }
         match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) if timer_parks => Poll::Ready(Ok(Idle::Quiet)),
             Some(Poll::Ready(())) => Poll::Ready(Err(Some(idle_timeout_error()))),
             _ => Poll::Pending,
         }
@@ -816,6 +812,21 @@ impl Pump {
     /// Reads what the client has sent without waiting; `Ok(false)` when nothing was there.
     fn read_client_now(&mut self, client: &mut Stream, info: &ClientInfo) -> Result<bool, Outcome> {
         let read = client.read_now(&mut self.cbuf);
+        self.took_client_bytes(read, info)
+    }
+
+    /// Takes the bytes the client sent behind its last login message (fewer than a buffer
+    /// holds: they came in one read during login) as if just read.
+    fn early_client_bytes(&mut self, early: &[u8], info: &ClientInfo) -> Result<bool, Outcome> {
+        self.cbuf[..early.len()].copy_from_slice(early);
+        self.took_client_bytes(Ok(Some(early.len())), info)
+    }
+
+    fn took_client_bytes(
+        &mut self,
+        read: io::Result<Option<usize>>,
+        info: &ClientInfo,
+    ) -> Result<bool, Outcome> {
         if let Ok(Some(n)) = read {
             info.counters.bump(Stat::Received, n as u64);
         }

@@ -1,6 +1,6 @@
 //! One socket type for every transport (TCP, unix socket, TLS in both directions), and the
-//! framed reads used during
-//! login, where every length is checked against a maximum before a byte is allocated for it.
+//! framed reads used during login and on the console, where every length is checked against a
+//! maximum before a byte is allocated for it.
 
 use std::io;
 use std::pin::Pin;
@@ -225,6 +225,23 @@ impl ReadError {
     }
 }
 
+/// The tag and whole length of the message whose five header bytes these are, the length
+/// checked against `max_len`.
+fn checked_header(header: &[u8], max_len: usize) -> Result<(u8, usize), ReadError> {
+    let (tag, total) = protocol::peek_header(header).expect("five bytes");
+    if total < 5 {
+        return Err(FrameError::BadLength(total - 1).into());
+    }
+    if total > max_len {
+        return Err(FrameError::TooLong {
+            len: total,
+            max: max_len,
+        }
+        .into());
+    }
+    Ok((tag, total))
+}
+
 /// Reads one tagged message into `buf` (replacing its contents) and returns its tag; the body is
 /// `buf[5..]`. The length is checked against `max_len` before the body is read.
 pub async fn read_message<S: AsyncRead + Unpin>(
@@ -237,17 +254,7 @@ pub async fn read_message<S: AsyncRead + Unpin>(
         .read_exact(&mut header)
         .await
         .map_err(ReadError::from_io)?;
-    let (tag, total) = protocol::peek_header(&header).expect("five bytes");
-    if total < 5 {
-        return Err(FrameError::BadLength(total - 1).into());
-    }
-    if total > max_len {
-        return Err(FrameError::TooLong {
-            len: total,
-            max: max_len,
-        }
-        .into());
-    }
+    let (tag, total) = checked_header(&header, max_len)?;
     buf.clear();
     buf.extend_from_slice(&header);
     buf.resize(total, 0);
@@ -256,4 +263,94 @@ pub async fn read_message<S: AsyncRead + Unpin>(
         .await
         .map_err(ReadError::from_io)?;
     Ok(tag)
+}
+
+/// What one read of a `MessageReader` asks for at least: the login messages of common
+/// clients (a startup packet, a SASL response) fit.
+const READ_AT_LEAST: usize = 512;
+
+/// Reads framed messages through a buffer, where messages come one at a time (a client's
+/// login, the console). One read takes whatever the peer has sent: a message costs one system
+/// call, not one for its header and one for its body, and a read that comes back short tells
+/// the runtime the socket is drained, so the next message is awaited without a read that fails
+/// with "would block". Bytes read past the last message are handed on (`into_leftover`).
+#[derive(Debug, Default)]
+pub struct MessageReader {
+    buf: Vec<u8>,
+    /// The first byte not yet returned.
+    start: usize,
+}
+
+impl MessageReader {
+    /// Makes sure `n` bytes past `start` are buffered, reading as needed.
+    async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        n: usize,
+    ) -> Result<(), ReadError> {
+        while self.buf.len() - self.start < n {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let want = n.max(READ_AT_LEAST);
+            if self.buf.capacity() < want {
+                self.buf.reserve_exact(want - self.buf.len());
+            }
+            let read = stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ReadError::from_io)?;
+            if read == 0 {
+                return Err(ReadError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the next `n` buffered bytes and moves past them (`fill` first).
+    fn consume(&mut self, n: usize) -> &[u8] {
+        let at = self.start;
+        self.start += n;
+        &self.buf[at..at + n]
+    }
+
+    /// Reads a startup packet (no tag; a length that counts itself) and returns what follows
+    /// its length. The length is checked (`startup_length`) before the body is read.
+    pub async fn startup_packet<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> Result<&[u8], ReadError> {
+        self.fill(stream, 4).await?;
+        let header: [u8; 4] = self.buf[self.start..self.start + 4]
+            .try_into()
+            .expect("four bytes");
+        let len = protocol::startup::startup_length(header)?;
+        self.fill(stream, 4 + len).await?;
+        Ok(&self.consume(4 + len)[4..])
+    }
+
+    /// Reads one tagged message and returns it whole: its tag is `[0]`, its body `[5..]`. The
+    /// length is checked against `max_len` before the body is read.
+    pub async fn message<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        max_len: usize,
+    ) -> Result<&[u8], ReadError> {
+        self.fill(stream, 5).await?;
+        let (_, total) = checked_header(&self.buf[self.start..self.start + 5], max_len)?;
+        self.fill(stream, total).await?;
+        Ok(self.consume(total))
+    }
+
+    /// Bytes read and not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The bytes read and not yet returned, for whoever reads the stream next.
+    pub fn into_leftover(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
 }

@@ -1,6 +1,8 @@
 //! What clients get when something is wrong: hand-made bad packets on raw sockets, unknown
 //! databases and startup parameters, and an unreachable server. Every error must be an
-//! ErrorResponse with the right SQLSTATE, and pgberth must keep serving everyone else.
+//! ErrorResponse with the right SQLSTATE, and pgberth must keep serving everyone else. Also on
+//! raw sockets: unusual but valid logins (an SSLRequest answered `N`, a query pipelined behind
+//! the startup packet).
 
 mod support;
 
@@ -283,6 +285,53 @@ async fn ssl_request_is_answered_n_and_login_proceeds_in_plaintext() {
         raw_query(&mut stream, "SELECT current_user").as_deref(),
         Some(TRUST_USER)
     );
+}
+
+/// Logs in as trust_user with a simple query sent in the same write as the startup packet, as a
+/// pipelining client may; returns the query's first value.
+fn query_sent_with_the_startup_packet(pgberth: &Pgberth, database: &str, sql: &str) -> String {
+    let mut stream = raw_connect(pgberth);
+    let mut bytes = startup_packet(&[("user", TRUST_USER), ("database", database)]);
+    let mut query = sql.as_bytes().to_vec();
+    query.push(0);
+    bytes.extend_from_slice(&message(b'Q', &query));
+    stream.write_all(&bytes).unwrap();
+    let reply = read_until_ready(&mut stream);
+    assert_eq!(reply[0].auth_code(), 0, "AuthenticationOk first");
+    let mut first = None;
+    loop {
+        let m = read_message(&mut stream);
+        match m.tag {
+            b'E' => panic!("the pipelined query failed: {:?}", m.error()),
+            b'D' if first.is_none() => {
+                let len = i32::from_be_bytes(m.body[2..6].try_into().unwrap());
+                first = Some(String::from_utf8_lossy(&m.body[6..6 + len as usize]).into_owned());
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    // The connection serves on as usual.
+    assert_eq!(raw_query(&mut stream, sql), first);
+    first.expect("a row")
+}
+
+#[tokio::test]
+async fn query_sent_with_the_startup_packet_is_answered_after_login() {
+    for mode in ["session", "transaction"] {
+        let extra = format!("pool_mode = {mode}");
+        let pgberth = Pgberth::start(&ini("trust", &extra), USERLIST);
+        let value = query_sent_with_the_startup_packet(&pgberth, "app", "SELECT 40 + 2");
+        assert_eq!(value, "42", "pool_mode = {mode}");
+    }
+}
+
+#[tokio::test]
+async fn console_query_sent_with_the_startup_packet_is_answered_after_login() {
+    let extra = format!("admin_users = {TRUST_USER}");
+    let pgberth = Pgberth::start(&ini("trust", &extra), USERLIST);
+    let value = query_sent_with_the_startup_packet(&pgberth, "pgbouncer", "SHOW VERSION");
+    assert!(value.starts_with("pgberth"), "{value}");
 }
 
 // --- authentication ---------------------------------------------------------------------------

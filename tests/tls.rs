@@ -577,7 +577,8 @@ fn client_tls_protocols_tlsv1_3_refuses_a_tls_1_2_only_client() {
 }
 
 /// CVE-2021-23214: bytes a client sends after SSLRequest, before the `S`, must not be read as
-/// plaintext once TLS starts (pgberth reads the socket unbuffered and hands it to rustls).
+/// plaintext once TLS starts. Sent in one write, they arrive with the SSLRequest, and pgberth
+/// refuses the connection as PostgreSQL does.
 #[test]
 fn client_plaintext_sent_after_ssl_request_is_not_served() {
     use std::io::Read as _;
@@ -593,12 +594,16 @@ fn client_plaintext_sent_after_ssl_request_is_not_served() {
     socket.write_all(&bytes).unwrap();
     let mut answer = Vec::new();
     let _ = socket.read_to_end(&mut answer);
-    assert_eq!(answer.first(), Some(&b'S'), "{answer:?}");
-    // Whatever follows is TLS (an alert record, 0x15) or nothing, never an 'R' auth request.
+    // An ErrorResponse, 08P01, and nothing after it: no `S`, no `R` auth request.
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("C08P01"), "{text}");
     assert!(
-        matches!(answer.get(1), None | Some(0x15)),
-        "pgberth answered the injected plaintext: {answer:?}"
+        text.contains("received unencrypted data after SSL request"),
+        "{text}"
     );
+    let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+    assert_eq!(answer.len(), 1 + len, "bytes after the error: {answer:?}");
 }
 
 #[test]

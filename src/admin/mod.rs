@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::protocol::{ErrorResponse, SqlState, TxStatus, build, frontend};
-use crate::stream::{ReadError, Stream, read_message};
+use crate::stream::{MessageReader, ReadError, Stream};
 
 /// What pgberth reports as `server_version` on the console and in SHOW VERSION.
 pub const SERVER_VERSION: &str = concat!("pgberth ", env!("CARGO_PKG_VERSION"));
@@ -33,6 +33,8 @@ const ADMIN_NEEDED: &str = "admin access needed: only admin_users may run comman
 pub struct Console {
     app: Arc<App>,
     stream: Stream,
+    /// Reads the console's queries; it may hold bytes read with the last login message.
+    incoming: MessageReader,
     /// `admin_users` (and the `pgbouncer` user over the unix socket): every command, not only
     /// SHOW.
     may_control: bool,
@@ -45,26 +47,30 @@ pub(crate) struct Table {
 }
 
 impl Console {
-    pub fn new(app: Arc<App>, stream: Stream, may_control: bool) -> Console {
+    pub fn new(
+        app: Arc<App>,
+        stream: Stream,
+        incoming: MessageReader,
+        may_control: bool,
+    ) -> Console {
         Console {
             app,
             stream,
+            incoming,
             may_control,
         }
     }
 
     /// Answers queries until the client leaves.
     pub async fn run(&mut self) {
-        let mut buf = Vec::with_capacity(256);
         let mut out = Vec::with_capacity(1024);
         loop {
-            match read_message(&mut self.stream, &mut buf, MAX_COMMAND).await {
-                Ok(frontend::QUERY) => {
-                    let end = buf[5..]
-                        .iter()
-                        .position(|&b| b == 0)
-                        .unwrap_or(buf.len() - 5);
-                    let query = String::from_utf8_lossy(&buf[5..5 + end]).into_owned();
+            let read = self.incoming.message(&mut self.stream, MAX_COMMAND).await;
+            match read.map(|msg| (msg[0], msg)) {
+                Ok((frontend::QUERY, msg)) => {
+                    let body = &msg[5..];
+                    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                    let query = String::from_utf8_lossy(&body[..end]).into_owned();
                     out.clear();
                     let after = self.execute(&query, &mut out).await;
                     build::ready_for_query(&mut out, TxStatus::Idle);
@@ -74,8 +80,8 @@ impl Console {
                         return;
                     }
                 }
-                Ok(frontend::TERMINATE) | Err(ReadError::Closed) => return,
-                Ok(tag) => {
+                Ok((frontend::TERMINATE, _)) | Err(ReadError::Closed) => return,
+                Ok((tag, _)) => {
                     out.clear();
                     let msg = format!(
                         "the admin console takes simple queries only, not message type '{}'",
