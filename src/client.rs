@@ -439,6 +439,7 @@ async fn login(
         user: user.into(),
         database: dbname.into(),
         pool: Some(pool.clone()),
+        mode,
         tls: tls_description(&stream),
         application_name: application_name.into(),
     });
@@ -447,7 +448,6 @@ async fn login(
         stream,
         incoming.into_leftover(),
         pool,
-        mode,
         server,
         info,
         wanted,
@@ -535,6 +535,7 @@ async fn admin_login(
         user: user.into(),
         database: dbname.into(),
         pool: None,
+        mode: PoolMode::Session,
         tls: tls_description(&stream),
         application_name: "".into(),
     });

@@ -157,18 +157,29 @@ async fn accept_clients<L: Listen>(app: Arc<App>, listener: L::Std) {
     loop {
         let accepting = !*suspended.borrow_and_update() && turn.is_mine();
         let registered = listener.registered_if(accepting);
-        tokio::select! {
-            _ = suspended.changed() => {}
-            _ = turn.changed() => {}
-            accepted = accept(registered, &app) => match accepted {
-                Ok(stream) => start_client(&app, stream),
-                Err(e) => accept_failed(e).await,
-            },
-            _ = state.changed() => {
-                if *state.borrow_and_update() != RunState::Running {
-                    return;
+        {
+            // Made once per period of accepting, not per client: each watch registers a waiter.
+            let change = async {
+                tokio::select! {
+                    _ = suspended.changed() => {}
+                    _ = turn.changed() => {}
+                    _ = state.changed() => {}
+                }
+            };
+            tokio::pin!(change);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut change => break,
+                    accepted = accept(registered, &app) => match accepted {
+                        Ok(stream) => start_client(&app, stream),
+                        Err(e) => accept_failed(e).await,
+                    },
                 }
             }
+        }
+        if *state.borrow_and_update() != RunState::Running {
+            return;
         }
     }
 }

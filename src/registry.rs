@@ -64,6 +64,8 @@ pub struct ClientLogin {
     pub database: Box<str>,
     /// `None` for the admin console.
     pub pool: Option<Arc<Pool>>,
+    /// How the pool lends the client server connections (the console's: session).
+    pub mode: crate::config::PoolMode,
     /// TLS version and cipher, empty without TLS.
     pub tls: Box<str>,
     pub application_name: Box<str>,

@@ -30,11 +30,8 @@ pub struct Session {
     app: Arc<App>,
     client: Stream,
     pool: Arc<Pool>,
-    mode: PoolMode,
     server: Option<Box<ServerConn>>,
-    /// Transaction status of the held server connection at the last ReadyForQuery.
-    status: TxStatus,
-    /// The client's registry entry: names, state and statistics counters.
+    /// The client's registry entry: names, pool mode, state and statistics counters.
     info: Arc<ClientInfo>,
     /// Startup parameters the client asked for, applied to every server connection it gets.
     wanted_params: Box<[(String, ParamValue)]>,
@@ -105,14 +102,12 @@ impl Drop for Session {
 }
 
 impl Session {
-    // Each argument is part of what a login established.
-    #[allow(clippy::too_many_arguments)]
+    /// The pool mode is the one recorded in the client's login (`ClientLogin::mode`).
     pub fn new(
         app: Arc<App>,
         client: Stream,
         early: Vec<u8>,
         pool: Arc<Pool>,
-        mode: PoolMode,
         server: Option<Box<ServerConn>>,
         info: Arc<ClientInfo>,
         wanted_params: Vec<(String, String)>,
@@ -122,13 +117,11 @@ impl Session {
             app,
             client,
             pool,
-            mode,
             server: None,
-            status: TxStatus::Idle,
             info,
             wanted_params: wanted_params
-                .iter()
-                .map(|(k, v)| (k.clone(), ParamValue::Plain(v.clone())))
+                .into_iter()
+                .map(|(k, v)| (k, ParamValue::Plain(v)))
                 .collect(),
             statements: None,
             early: (!early.is_empty()).then(|| Box::new(early)),
@@ -145,6 +138,12 @@ impl Session {
         self.info.names().0
     }
 
+    fn mode(&self) -> PoolMode {
+        self.info
+            .login()
+            .map_or(PoolMode::Session, |login| login.mode)
+    }
+
     fn user(&self) -> &str {
         self.info.names().1
     }
@@ -153,7 +152,6 @@ impl Session {
         self.info
             .hold_backend(Some((conn.backend_pid, conn.backend_secret)));
         conn.info.held_by(self.info.id);
-        self.status = TxStatus::Idle;
         self.server = Some(conn);
     }
 
@@ -373,7 +371,7 @@ impl Session {
     async fn close(&mut self, reason: Option<ErrorResponse>) {
         self.let_go();
         match self.server.take() {
-            Some(conn) if reason.is_none() && self.status == TxStatus::Idle => {
+            Some(conn) if reason.is_none() && conn.tx_status == TxStatus::Idle => {
                 Box::pin(self.finish_clean(conn)).await;
             }
             other => drop(other),
@@ -402,7 +400,7 @@ impl Session {
     /// session-mode pool, or at every release with `server_reset_query_always`; check it in.
     async fn finish_clean(&mut self, mut conn: Box<ServerConn>) {
         let settings = self.pool.settings();
-        let reset = self.mode == PoolMode::Session || settings.server_reset_query_always;
+        let reset = self.mode() == PoolMode::Session || settings.server_reset_query_always;
         if reset && !settings.server_reset_query.is_empty() {
             let result = crate::server::run_internal_query(
                 &mut conn.stream,
@@ -452,13 +450,10 @@ impl Session {
     /// (statement, in statement mode; the next idle moment, in session mode).
     async fn stretch(&mut self, timers: Timers) -> Next {
         let max_prepared = self.app.config_now().general.max_prepared_statements;
-        let rewrite = self.mode != PoolMode::Session && max_prepared > 0;
-        let mut pump = Pump::new(
-            self.status,
-            timers.max_packet_size,
-            rewrite,
-            timers.enabled(),
-        );
+        let mode = self.mode();
+        let rewrite = mode != PoolMode::Session && max_prepared > 0;
+        let status = self.server.as_ref().map_or(TxStatus::Idle, |c| c.tx_status);
+        let mut pump = Pump::new(status, timers.max_packet_size, rewrite, timers.enabled());
         let first = match self.early.take() {
             Some(early) => Some(pump.early_client_bytes(&early, &self.info)),
             None if self.server.is_none() => {
@@ -529,7 +524,7 @@ impl Session {
                 && let Some(found) = pump.probe(
                     &mut self.client,
                     &mut server.stream,
-                    self.mode,
+                    mode,
                     &mut rewriting,
                     &self.info,
                 )
@@ -544,7 +539,7 @@ impl Session {
                 pump.run(
                     &mut self.client,
                     &mut server.stream,
-                    self.mode,
+                    mode,
                     timers,
                     rewriting,
                     &self.info,
@@ -552,14 +547,16 @@ impl Session {
                 .await
             }
         };
-        self.status = pump.status;
+        if let Some(conn) = self.server.as_mut() {
+            conn.tx_status = pump.status;
+        }
         if self.take_param_changes() {
             // The client changed what pgberth cannot carry to another server connection.
             self.discard_server();
         }
         match outcome {
             Outcome::Done => {
-                if self.mode != PoolMode::Session
+                if mode != PoolMode::Session
                     && let Some(conn) = self.release()
                 {
                     Box::pin(self.finish_clean(conn)).await;

@@ -23,6 +23,7 @@ pub use settings::PoolSettings;
 
 use crate::config::Secret;
 use crate::prepared::ServerStatements;
+use crate::protocol::TxStatus;
 use crate::registry::ServerInfo;
 use crate::server::{self, ServerConnectError, ServerPassword};
 use crate::stream::Stream;
@@ -83,6 +84,9 @@ pub struct ServerConn {
     pub info: Arc<ServerInfo>,
     /// The worker whose runtime the socket is registered with (`workers.rs`).
     worker: u16,
+    /// Transaction status at the last ReadyForQuery of the client holding it; always idle in
+    /// the pool.
+    pub tx_status: TxStatus,
     /// Holds the pool's generation token (WAIT_CLOSE); dropped before `slot`.
     _generation_token: Arc<()>,
     slot: Slot,
@@ -870,6 +874,7 @@ impl Pool {
             generation,
             info,
             worker: crate::workers::current(),
+            tx_status: TxStatus::Idle,
             _generation_token: generation_token,
             slot,
         }))
