@@ -390,14 +390,14 @@ async fn login(
     }
 
     let server_user = match (&db.user, config.general.auth_type) {
-        (Some(forced), _) => forced.clone(),
+        (Some(forced), _) => forced.as_str(),
         (None, AuthType::Any) => {
             let msg = format!("database \"{dbname}\" has no user= and auth_type is \"any\"");
             return Err(send_fatal(&mut stream, fatal(SqlState::INVALID_AUTHORIZATION, msg)).await);
         }
-        (None, _) => user.clone(),
+        (None, _) => user.as_str(),
     };
-    let pool = app.pool(&db, &server_user);
+    let pool = app.pool(&db, server_user);
     // The greeting, after whatever the auth exchange's last message was (SASLFinal): one send.
     let mut out = Vec::with_capacity(512);
     let io = LoginIo {

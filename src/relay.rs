@@ -495,7 +495,8 @@ impl Session {
                 None => {}
                 Some(Ok(conn)) => self.hold(conn),
                 Some(Err(e)) => {
-                    let db = self.app.config().database(self.database());
+                    let config = self.app.config();
+                    let db = config.database(self.database());
                     return Next::close(match db {
                         Some(db) => crate::client::checkout_error(&db, e),
                         None => ErrorResponse::fatal(

@@ -29,7 +29,8 @@ fn a_server_connection_opened_on_one_worker_serves_a_client_on_another() {
 
     for server_tls in ["disable", "require"] {
         let (app, _dir) = app(server_tls);
-        let db = app.config().database(APP_DB).unwrap();
+        let config = app.config();
+        let db = config.database(APP_DB).unwrap();
         let pool = app.pool(&db, SCRAM_USER);
 
         // Opened by a client of worker 1, and returned to the pool there.

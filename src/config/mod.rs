@@ -183,16 +183,16 @@ impl Config {
     /// The database a client asking for `name` gets: the `[databases]` entry
     /// of that name, else the `*` fallback with `name` as its name (and as its
     /// `dbname`, unless the fallback sets one).
-    pub fn database(&self, name: &str) -> Option<Database> {
+    pub fn database(&self, name: &str) -> Option<std::borrow::Cow<'_, Database>> {
         if let Some(db) = self.databases.get(name) {
-            return Some(db.clone());
+            return Some(std::borrow::Cow::Borrowed(db));
         }
         let mut db = self.fallback_database.clone()?;
         db.name = name.to_string();
         if db.dbname.is_empty() {
             db.dbname = name.to_string();
         }
-        Some(db)
+        Some(std::borrow::Cow::Owned(db))
     }
 
     /// The pool mode for `user` on `db`: `[users]` beats the database line,
