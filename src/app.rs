@@ -54,16 +54,14 @@ pub struct App {
     pub control: crate::admin::Control,
     /// Idle clients off the runtime, started at the first one (`None` if it could not start).
     parking: std::sync::OnceLock<Option<Arc<crate::parking::Parking>>>,
+    /// Clients just logged in, asked to park if they stay silent (`fresh.rs`).
+    pub fresh_clients: crate::fresh::FreshClients,
     state: watch::Sender<RunState>,
 }
 
-/// Clients idle this long are asked to park (microseconds).
+/// Clients idle this long are asked to park (microseconds); those that have sent nothing since
+/// they logged in, sooner (`fresh.rs`).
 const PARK_IDLE_AFTER_US: u64 = 1_000_000;
-
-/// How long a client that has sent nothing since it logged in stays before it is asked to
-/// park: idle clients cost little soon after connecting, and one that sends its first query at
-/// once (pgbench -C) never parks. The upkeep looks every 250 ms, so it parks within 350 ms.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// A connected client counted against `max_client_conn`; uncounted on drop.
 #[derive(Debug)]
@@ -101,6 +99,7 @@ impl App {
             stats_periods: Periods::default(),
             control: Default::default(),
             parking: Default::default(),
+            fresh_clients: Default::default(),
             state: watch::channel(RunState::Running).0,
         })
     }
@@ -118,18 +117,15 @@ impl App {
             .as_ref()
     }
 
-    /// Asks clients idle for a second to park, and those that have sent nothing since they
-    /// logged in `PARK_AFTER`. Those that may not (TLS, holding a server connection) never
-    /// armed a waker and are not woken.
+    /// Asks clients idle for a second to park. Those that may not (TLS, holding a server
+    /// connection) never armed a waker and are not woken.
     fn park_idle_clients(&self) {
         if self.parking.get().and_then(Option::as_ref).is_none() {
             return;
         }
-        let now = crate::stats::now_us();
-        let since = now.saturating_sub(PARK_IDLE_AFTER_US);
-        let silent_since = now.saturating_sub(PARK_AFTER.as_micros() as u64);
+        let since = crate::stats::now_us().saturating_sub(PARK_IDLE_AFTER_US);
         for client in self.clients_registry.lock().values() {
-            if client.idle_since_before(since, silent_since) {
+            if client.idle_since_before(since) {
                 client.request_park();
             }
         }

@@ -443,15 +443,19 @@ async fn login(
         tls: tls_description(&stream),
         application_name: application_name.into(),
     });
-    Ok(Admitted::Session(Session::new(
+    let session = Session::new(
         app.clone(),
         stream,
         incoming.into_leftover(),
         pool,
         server,
-        info,
+        info.clone(),
         wanted,
-    )))
+    );
+    if session.may_park() {
+        app.fresh_clients.push(&info);
+    }
+    Ok(Admitted::Session(session))
 }
 
 /// The name pgberth tracks a startup parameter under (PgBouncer's list plus

@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fresh;
 pub mod listener;
 pub mod metrics;
 pub mod parking;

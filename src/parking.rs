@@ -92,7 +92,7 @@ impl Parking {
             .general
             .client_idle_timeout;
         let deadline = (!idle_timeout.is_zero())
-            .then(|| Instant::now() + idle_timeout.saturating_sub(crate::app::PARK_AFTER));
+            .then(|| Instant::now() + idle_timeout.saturating_sub(crate::fresh::PARK_AFTER));
         let mut table = self.table();
         // KILL_CLIENT finds the client here from now on.
         parked.slot.info.set_abort(None);

@@ -167,6 +167,8 @@ async fn serve(
         unix_path = Some(path);
     }
     tokio::spawn(app.clone().maintenance());
+    let fresh = app.clone();
+    tokio::spawn(async move { fresh.fresh_clients.run().await });
     tokio::spawn(app.clone().stats_periods_task());
     if let Some(l) = metrics {
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -212,14 +212,23 @@ impl ClientInfo {
     }
 
     /// Whether the client has been idle (between requests, holding no server connection) since
-    /// before `since_us`; or, when it has sent no request since it connected, since before
-    /// `silent_since_us`.
-    pub fn idle_since_before(&self, since_us: u64, silent_since_us: u64) -> bool {
-        let idle = match self.request_us.load(Ordering::Relaxed) {
-            0 => self.connected_us < silent_since_us,
-            last => last < since_us,
-        };
-        idle && self.state() == ClientState::Active && self.held_backend().is_none()
+    /// before `since_us`.
+    pub fn idle_since_before(&self, since_us: u64) -> bool {
+        let last = self
+            .request_us
+            .load(Ordering::Relaxed)
+            .max(self.connected_us);
+        self.idle() && last < since_us
+    }
+
+    /// Whether the client has sent no request since it logged in, and holds no server
+    /// connection.
+    pub fn silent_since_login(&self) -> bool {
+        self.idle() && self.request_us.load(Ordering::Relaxed) == 0
+    }
+
+    fn idle(&self) -> bool {
+        self.state() == ClientState::Active && self.held_backend().is_none()
     }
 
     /// Microseconds the client has waited for a server connection (0 when not waiting).

@@ -321,7 +321,7 @@ impl Session {
     }
 
     /// A client may park when it holds no server connection and its socket is plaintext.
-    fn may_park(&self) -> bool {
+    pub fn may_park(&self) -> bool {
         self.server.is_none()
             && matches!(self.client, Stream::Tcp(_) | Stream::Unix(_))
             && self.app.parking().is_some()
@@ -422,8 +422,9 @@ impl Session {
     async fn relay_until_done(&mut self) -> Next {
         let timers = Timers::new(&self.app.config().general);
         loop {
-            // Idle: no bytes in flight, no buffer held. No timer is armed for parking: the
-            // upkeep asks clients that have been idle a while to park (`App::maintenance`).
+            // Idle: no bytes in flight, no buffer held. No timer is armed for parking: clients
+            // silent since login are asked to park by `fresh.rs`, those idle a while by the
+            // upkeep (`App::maintenance`).
             let parks = self.may_park().then_some(&*self.info);
             let close_after = (timers.client_idle_ms != 0).then(|| timers.client_idle_timeout());
             let server = self.server.as_deref();
