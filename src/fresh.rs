@@ -35,7 +35,7 @@ impl FreshClients {
     pub fn push(&self, client: &Arc<ClientInfo>) {
         let due = now_us() + PARK_AFTER.as_micros() as u64;
         let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = self.lock();
             queue.push_back((due, Arc::downgrade(client)));
             queue.len() == 1
         };

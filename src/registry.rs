@@ -103,7 +103,7 @@ pub struct ClientInfo {
     idle_waker: Mutex<Option<Waker>>,
     /// `idle_waker` holds the current task's waker.
     waker_armed: AtomicBool,
-    /// Set by the upkeep: the client has been idle a while and should park.
+    /// Set by `fresh.rs` or the upkeep: the client has been idle a while and should park.
     park_requested: AtomicBool,
     /// KILL_CLIENT or KILL ended it; a task recorded for it later ends too (`set_abort`).
     killed: AtomicBool,
@@ -204,7 +204,7 @@ impl ClientInfo {
         }
     }
 
-    /// Whether the upkeep asked this client to park; the request is consumed.
+    /// Whether this client was asked to park; the request is consumed.
     pub fn take_park_request(&self) -> bool {
         // A plain load first: no read-modify-write per idle wait.
         self.park_requested.load(Ordering::Acquire)

@@ -51,7 +51,7 @@ enum Next {
     NothingRead,
     /// The session ends; `Some` is the error to send the client first.
     Close(Option<ErrorResponse>),
-    /// The client stayed quiet and the upkeep asked it to park.
+    /// The client stayed quiet and was asked to park (`fresh.rs`, `App::maintenance`).
     Park,
     /// The client is idle and its worker hands it over to this one (`workers.rs`).
     Move(u16),
@@ -488,23 +488,21 @@ impl Session {
                 }
                 return Next::Idle;
             }
-            let checkout = match self.server {
-                Some(_) => None,
-                None => Some(self.checkout().await),
-            };
-            match checkout {
-                None => {}
-                Some(Ok(conn)) => self.hold(conn),
-                Some(Err(e)) => {
-                    let config = self.app.config();
-                    let db = config.database(self.database());
-                    return Next::close(match db {
-                        Some(db) => crate::client::checkout_error(&db, e),
-                        None => ErrorResponse::fatal(
-                            SqlState::UNKNOWN_DATABASE,
-                            format!("database \"{}\" was removed", self.database()),
-                        ),
-                    });
+            // Held already when the first bytes came with the login, in session mode.
+            if self.server.is_none() {
+                match self.checkout().await {
+                    Ok(conn) => self.hold(conn),
+                    Err(e) => {
+                        let config = self.app.config();
+                        let db = config.database(self.database());
+                        return Next::close(match db {
+                            Some(db) => crate::client::checkout_error(&db, e),
+                            None => ErrorResponse::fatal(
+                                SqlState::UNKNOWN_DATABASE,
+                                format!("database \"{}\" was removed", self.database()),
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -636,7 +634,7 @@ fn protocol_error(e: FrameError) -> ErrorResponse {
 enum Idle {
     /// The client (or the held server) has bytes, or closed.
     Readable,
-    /// The upkeep asked the client to park.
+    /// The client was asked to park (`fresh.rs`, `App::maintenance`).
     Quiet,
 }
 
@@ -646,7 +644,7 @@ enum Idle {
 /// Polls readiness directly, so the future keeps four words: an idle client's task stays
 /// small.
 ///
-/// `parks`: the client may park when the upkeep asks it to.
+/// `parks`: the client may park when asked to (`fresh.rs`, `App::maintenance`).
 fn wait_idle<'a>(
     client: &'a Stream,
     server: Option<&'a ServerConn>,
