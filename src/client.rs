@@ -79,9 +79,30 @@ pub fn serve(
     admitted: bool,
     slot: ClientSlot,
 ) -> impl Future<Output = ()> + Send {
-    let info = slot.info.clone();
-    // The console runs inside the login box: it is rare, and its state is large.
-    let login = Box::pin(async move {
+    let login = Box::pin(login_or_console(app, stream, admitted, slot.info.clone()));
+    async move {
+        let Some(session) = login.await else {
+            return;
+        };
+        relay(session, slot).await;
+    }
+}
+
+/// Logs a client in: its session, or `None` when login failed or the client was the admin
+/// console's, which has been served. The console runs inside the login box: it is rare, and
+/// its state is large.
+///
+/// This future is allocated, and moved whole, at every connection: its size is set by the
+/// common path of login, the rare ones (TLS, auth_query, the console, checking out a server)
+/// being boxed where they start.
+#[allow(clippy::manual_async_fn)]
+fn login_or_console(
+    app: Arc<App>,
+    stream: Stream,
+    admitted: bool,
+    info: Arc<ClientInfo>,
+) -> impl Future<Output = Option<Session>> + Send {
+    async move {
         match login_with_timeout(app, stream, admitted, info).await {
             Some(Admitted::Session(session)) => Some(session),
             Some(Admitted::Console(mut console)) => {
@@ -90,12 +111,6 @@ pub fn serve(
             }
             None => None,
         }
-    });
-    async move {
-        let Some(session) = login.await else {
-            return;
-        };
-        relay(session, slot).await;
     }
 }
 
@@ -257,7 +272,7 @@ async fn read_startup(
                     (Stream::Tcp(mut tcp), Some(config)) => {
                         tcp.write_all(b"S").await?;
                         let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                        let tls = acceptor.accept(tcp).await;
+                        let tls = Box::pin(acceptor.accept(tcp)).await;
                         app.events.tls_handshake(crate::metrics::Side::Client, &tls);
                         let tls = tls.map_err(LoginError::Tls)?;
                         Stream::TlsFromClient(Box::new(tls))
@@ -270,7 +285,7 @@ async fn read_startup(
             }
             Ok(StartupPacket::GssEncRequest) => stream.send(b"N").await?,
             Ok(StartupPacket::Cancel { pid, secret }) => {
-                forward_cancel(app, pid, secret).await;
+                Box::pin(forward_cancel(app, pid, secret)).await;
                 return Err(LoginError::Cancel);
             }
             Err(startup::StartupError::UnsupportedProtocol { major, minor }) => {
@@ -373,7 +388,12 @@ async fn login(
         }
     }
     if crate::config::ADMIN_DATABASES.contains(&dbname.as_str()) {
-        return admin_login(app, config, stream, incoming, &user, &dbname, peer, info).await;
+        // Boxed, as the other rare paths of login are: the login future is allocated and
+        // moved whole for every client, so its size is set by its common path.
+        return Box::pin(admin_login(
+            app, config, stream, incoming, &user, &dbname, peer, info,
+        ))
+        .await;
     }
     let Some(db) = config.database(&dbname) else {
         return Err(send_fatal(
@@ -499,7 +519,7 @@ async fn admin_login(
         && matches!(&stream, Stream::Unix(u) if u.peer_cred().is_ok_and(|c| c.uid() == me));
     let mut out = Vec::with_capacity(256);
     if !same_os_user {
-        let secret = config.userlist.get(user).cloned();
+        let secret = config.userlist.get(user);
         let io = LoginIo {
             stream: &mut stream,
             incoming: &mut incoming,
@@ -569,24 +589,33 @@ fn wanted_params(config: &Config, params: &StartupParams, peer: Peer) -> Vec<(St
     wanted
 }
 
+type Greeting = (
+    Option<Box<crate::pool::ServerConn>>,
+    Arc<[(String, String)]>,
+);
+
 /// The ParameterStatus set to greet a client with: the pool's latest server login's. When no
 /// server has logged in yet, one is connected now; a session-mode client keeps it.
 async fn greet_params(
     pool: &Arc<Pool>,
     mode: PoolMode,
     wanted: &[(String, String)],
-) -> Result<
-    (
-        Option<Box<crate::pool::ServerConn>>,
-        Arc<[(String, String)]>,
-    ),
-    CheckoutError,
-> {
+) -> Result<Greeting, CheckoutError> {
     if mode != PoolMode::Session
         && let Some(params) = pool.server_params()
     {
         return Ok((None, params));
     }
+    // Boxed: checking out can mean waiting for or connecting a server, a large future.
+    Box::pin(greet_params_from_server(pool, mode, wanted)).await
+}
+
+/// `greet_params` with a server connection checked out for it.
+async fn greet_params_from_server(
+    pool: &Arc<Pool>,
+    mode: PoolMode,
+    wanted: &[(String, String)],
+) -> Result<Greeting, CheckoutError> {
     let mut conn = pool.checkout().await?;
     let params = pool
         .server_params()
@@ -661,16 +690,16 @@ async fn authenticate(
     db: &Database,
     pool: &Pool,
 ) -> Result<(), LoginError> {
-    let (secret, looked_up) = match config.userlist.get(user) {
-        Some(secret) => (Some(secret.clone()), false),
-        None if config.general.auth_type == AuthType::Any => (None, false),
-        None => (
-            looked_up_secret(app, config, io.stream, user, db, pool).await?,
-            true,
-        ),
+    let listed = config.userlist.get(user);
+    let looked_up = match listed {
+        None if config.general.auth_type != AuthType::Any => {
+            Some(Box::pin(looked_up_secret(app, config, io.stream, user, db, pool)).await?)
+        }
+        _ => None,
     };
+    let secret = listed.or(looked_up.as_ref().and_then(Option::as_ref));
     let result = exchange(app, config, io, user, &db.name, secret, Some(pool)).await;
-    if looked_up && result.is_err() {
+    if looked_up.is_some() && result.is_err() {
         // The password may have changed on the server: ask again next time.
         app.auth_cache.forget(&db.name, user);
     }
@@ -780,7 +809,7 @@ async fn exchange(
     io: LoginIo<'_>,
     user: &str,
     database: &str,
-    secret: Option<Secret>,
+    secret: Option<&Secret>,
     pool: Option<&Pool>,
 ) -> Result<(), LoginError> {
     let LoginIo {
@@ -795,14 +824,12 @@ async fn exchange(
             Some(_) => Ok(()),
             None => Err(send_fatal(stream, refuse(format!("no such user: \"{user}\""))).await),
         },
-        Method::Plain => plain_auth(stream, incoming, user, secret.as_ref()).await,
+        Method::Plain => plain_auth(stream, incoming, user, secret).await,
         Method::Md5 => match secret {
-            Some(Secret::Scram(_)) => {
-                scram_auth(stream, incoming, out, user, secret.as_ref(), pool).await
-            }
-            _ => md5_auth(stream, incoming, user, secret.as_ref()).await,
+            Some(Secret::Scram(_)) => scram_auth(stream, incoming, out, user, secret, pool).await,
+            _ => md5_auth(stream, incoming, user, secret).await,
         },
-        Method::Scram => scram_auth(stream, incoming, out, user, secret.as_ref(), pool).await,
+        Method::Scram => scram_auth(stream, incoming, out, user, secret, pool).await,
         Method::Cert => match crate::tls::client_certificate_cn(stream) {
             Some(cn) if cn == user => Ok(()),
             Some(_) => {
@@ -911,9 +938,10 @@ async fn plain_auth(
         Some(Secret::Md5(m)) => {
             crate::auth::ct_eq(m.as_bytes(), md5_secret(user, given).as_bytes())
         }
-        Some(Secret::Scram(s)) => ScramVerifier::parse(s)
-            .map(|v| ScramVerifier::from_password(given, &v.salt, v.iterations) == v)
-            .unwrap_or(false),
+        Some(Secret::Scram(stored)) => stored
+            .verifier
+            .as_ref()
+            .is_some_and(|v| ScramVerifier::from_password(given, &v.salt, v.iterations) == *v),
         None => false,
     };
     if ok {
@@ -956,8 +984,8 @@ async fn scram_auth(
     pool: Option<&Pool>,
 ) -> Result<(), LoginError> {
     let scram_secret = match secret {
-        Some(Secret::Plain(p)) => Some(ScramSecret::Password(p.clone())),
-        Some(Secret::Scram(s)) => ScramVerifier::parse(s).map(ScramSecret::Verifier),
+        Some(Secret::Plain(p)) => Some(ScramSecret::Password(p)),
+        Some(Secret::Scram(stored)) => stored.verifier.as_ref().map(ScramSecret::Verifier),
         _ => None,
     };
     let from_verifier = matches!(scram_secret, Some(ScramSecret::Verifier(_)));
@@ -1055,5 +1083,19 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         eprintln!("client task future: {size} bytes");
         assert!(size <= 664, "client task future is {size} bytes");
+    }
+
+    /// The login future is allocated and copied whole at every connection (a `-C` storm makes
+    /// one per transaction), so rare paths must not set its size.
+    #[tokio::test]
+    async fn login_future_stays_small() {
+        let (app, _dir) = test_app();
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let (slot, admitted) = app.admit_client(crate::registry::Ends::default());
+        let login = login_or_console(app.clone(), Stream::Unix(a), admitted, slot.info.clone());
+        let size = std::mem::size_of_val(&login);
+        eprintln!("login future: {size} bytes");
+        // 5.5 KiB while TLS, auth_query, the console and checking out a server were inline.
+        assert!(size <= 2048, "login future is {size} bytes");
     }
 }

@@ -139,7 +139,7 @@ pub async fn lookup(
         Some(name) => config
             .database(name)
             .ok_or_else(|| AuthQueryError::NoAuthDatabase(name.clone()))?,
-        None => std::borrow::Cow::Borrowed(db),
+        None => crate::config::FoundDatabase::Borrowed(db),
     };
     let pool = app.pool(&auth_db, auth_user);
     let mut conn = pool

@@ -22,6 +22,25 @@ mod show;
 mod userlist;
 mod values;
 
+/// A database as [`Config::database`] finds it: its `[databases]` entry, or one made from the
+/// `*` fallback. The made one is boxed so that this is a pointer either way: logins keep it
+/// across awaits, in a future allocated per connection.
+#[derive(Debug)]
+pub enum FoundDatabase<'a> {
+    Borrowed(&'a Database),
+    Owned(Box<Database>),
+}
+
+impl std::ops::Deref for FoundDatabase<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        match self {
+            FoundDatabase::Borrowed(db) => db,
+            FoundDatabase::Owned(db) => db,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -183,16 +202,16 @@ impl Config {
     /// The database a client asking for `name` gets: the `[databases]` entry
     /// of that name, else the `*` fallback with `name` as its name (and as its
     /// `dbname`, unless the fallback sets one).
-    pub fn database(&self, name: &str) -> Option<std::borrow::Cow<'_, Database>> {
+    pub fn database(&self, name: &str) -> Option<FoundDatabase<'_>> {
         if let Some(db) = self.databases.get(name) {
-            return Some(std::borrow::Cow::Borrowed(db));
+            return Some(FoundDatabase::Borrowed(db));
         }
         let mut db = self.fallback_database.clone()?;
         db.name = name.to_string();
         if db.dbname.is_empty() {
             db.dbname = name.to_string();
         }
-        Some(std::borrow::Cow::Owned(db))
+        Some(FoundDatabase::Owned(Box::new(db)))
     }
 
     /// The pool mode for `user` on `db`: `[users]` beats the database line,

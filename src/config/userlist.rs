@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::error::ConfigError;
+use crate::auth::ScramVerifier;
 
 /// A stored password: plaintext, an md5 hash or a SCRAM-SHA-256 verifier.
 #[derive(Clone, PartialEq, Eq)]
@@ -16,8 +17,19 @@ pub enum Secret {
     Plain(String),
     /// The whole `md5<32 hex digits>` string.
     Md5(String),
-    /// The whole `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` string.
-    Scram(String),
+    /// A SCRAM-SHA-256 verifier, parsed once when the secret is read rather than at every
+    /// login. Boxed: the other variants are a `String` each.
+    Scram(Box<StoredScram>),
+}
+
+/// A stored `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredScram {
+    /// The whole string, as stored.
+    pub text: String,
+    /// Its parts; `None` when the string does not parse, and then every login as the user
+    /// fails as an unknown user's would.
+    pub verifier: Option<ScramVerifier>,
 }
 
 impl Secret {
@@ -29,7 +41,10 @@ impl Secret {
         if is_md5 {
             Secret::Md5(secret.to_string())
         } else if secret.starts_with("SCRAM-SHA-256$") {
-            Secret::Scram(secret.to_string())
+            Secret::Scram(Box::new(StoredScram {
+                text: secret.to_string(),
+                verifier: ScramVerifier::parse(secret),
+            }))
         } else {
             Secret::Plain(secret.to_string())
         }
@@ -38,7 +53,8 @@ impl Secret {
     /// The secret as stored. Never log this.
     pub fn as_str(&self) -> &str {
         match self {
-            Secret::Plain(s) | Secret::Md5(s) | Secret::Scram(s) => s,
+            Secret::Plain(s) | Secret::Md5(s) => s,
+            Secret::Scram(scram) => &scram.text,
         }
     }
 
@@ -165,7 +181,8 @@ mod tests {
             list.get("bob\"s"),
             Some(&Secret::Plain("pa\"ss word".to_string()))
         );
-        assert_eq!(list.get("carol"), Some(&Secret::Scram(SCRAM.to_string())));
+        assert_eq!(list.get("carol"), Some(&Secret::classify(SCRAM)));
+        assert_eq!(list.get("carol").map(Secret::as_str), Some(SCRAM));
         assert_eq!(list.get("dave"), Some(&Secret::Plain(String::new())));
         assert_eq!(list.get("eve"), None);
     }
@@ -181,6 +198,20 @@ mod tests {
         );
         assert_eq!(Secret::classify(SCRAM).kind(), "scram-sha-256");
         assert_eq!(Secret::classify("scram-sha-256$x").kind(), "plain");
+    }
+
+    #[test]
+    fn a_scram_secret_is_parsed_once_when_read() {
+        let verifier = ScramVerifier::generate("pw");
+        let Secret::Scram(stored) = Secret::classify(&verifier.to_secret_string()) else {
+            panic!("a SCRAM verifier classifies as scram-sha-256");
+        };
+        assert_eq!(stored.verifier, Some(verifier));
+        // Keys that are not 32 bytes: kept as text, with no verifier to log in with.
+        let Secret::Scram(bad) = Secret::classify(SCRAM) else {
+            panic!("the prefix decides the kind");
+        };
+        assert_eq!((bad.text.as_str(), bad.verifier), (SCRAM, None));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! binding), including the fake exchange for unknown users and recovery of the client's
 //! ClientKey for SCRAM pass-through.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -11,17 +12,17 @@ use super::{
 };
 use crate::auth::{AuthError, ct_eq};
 
-/// What pgberth knows about a user's password.
-#[derive(Clone)]
-pub enum ScramSecret {
+/// What pgberth knows about a user's password, borrowed from where it is kept.
+#[derive(Clone, Copy)]
+pub enum ScramSecret<'a> {
     /// A stored SCRAM verifier (from `auth_file` or `auth_query`).
-    Verifier(ScramVerifier),
+    Verifier(&'a ScramVerifier),
     /// A plaintext password; a verifier is computed from it for the exchange.
-    Password(String),
+    Password(&'a str),
 }
 
 /// Never prints the secret.
-impl fmt::Debug for ScramSecret {
+impl fmt::Debug for ScramSecret<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScramSecret::Verifier(v) => f.debug_tuple("Verifier").field(v).finish(),
@@ -61,8 +62,8 @@ enum State {
 
 /// Server side of one SCRAM-SHA-256 exchange. Feed it the client's SASL messages in order;
 /// after any error the exchange is dead and every later call fails.
-pub struct ScramServer {
-    verifier: ScramVerifier,
+pub struct ScramServer<'a> {
+    verifier: Cow<'a, ScramVerifier>,
     /// `false` for an unknown user: the exchange runs normally but always fails at the end.
     known: bool,
     server_nonce: String,
@@ -70,26 +71,30 @@ pub struct ScramServer {
     client_key: Option<[u8; 32]>,
 }
 
-impl ScramServer {
+impl<'a> ScramServer<'a> {
     /// Starts an exchange for `user`. `secret: None` means the user is unknown: a complete,
     /// realistic-looking exchange still runs (per-user stable fake salt, 4096 iterations) and
     /// the final step fails with [`AuthError::WrongPassword`].
     ///
     /// With [`ScramSecret::Password`] this computes PBKDF2 (4096 rounds), a few milliseconds.
-    pub fn new(user: &str, secret: Option<ScramSecret>) -> ScramServer {
+    pub fn new(user: &str, secret: Option<ScramSecret<'a>>) -> ScramServer<'a> {
         ScramServer::with_nonce(user, secret, random_nonce())
     }
 
     /// As [`ScramServer::new`] with a given server nonce (tests use RFC vectors).
     pub(crate) fn with_nonce(
         user: &str,
-        secret: Option<ScramSecret>,
+        secret: Option<ScramSecret<'a>>,
         server_nonce: String,
-    ) -> ScramServer {
+    ) -> ScramServer<'a> {
         let (verifier, known) = match secret {
-            Some(ScramSecret::Verifier(v)) => (v, true),
+            Some(ScramSecret::Verifier(v)) => (Cow::Borrowed(v), true),
             Some(ScramSecret::Password(password)) => (
-                ScramVerifier::from_password(&password, &per_user_salt(user), DEFAULT_ITERATIONS),
+                Cow::Owned(ScramVerifier::from_password(
+                    password,
+                    &per_user_salt(user),
+                    DEFAULT_ITERATIONS,
+                )),
                 true,
             ),
             None => {
@@ -100,7 +105,7 @@ impl ScramServer {
                     stored_key: hmac(key, &[b"stored\0", user.as_bytes()]),
                     server_key: hmac(key, &[b"server\0", user.as_bytes()]),
                 };
-                (fake, false)
+                (Cow::Owned(fake), false)
             }
         };
         ScramServer {
@@ -245,12 +250,12 @@ impl ScramServer {
     /// The verifier checked against (computed from the password for a plaintext secret);
     /// `None` for an unknown user.
     pub fn verifier(&self) -> Option<&ScramVerifier> {
-        self.known.then_some(&self.verifier)
+        self.known.then_some(self.verifier.as_ref())
     }
 }
 
 /// Never prints keys.
-impl fmt::Debug for ScramServer {
+impl fmt::Debug for ScramServer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Initial => "initial",

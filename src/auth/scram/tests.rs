@@ -43,7 +43,8 @@ fn client_reproduces_rfc7677_exchange() {
 
 #[test]
 fn server_reproduces_rfc7677_exchange() {
-    let secret = ScramSecret::Verifier(rfc_verifier());
+    let stored = rfc_verifier();
+    let secret = ScramSecret::Verifier(&stored);
     let mut server = ScramServer::with_nonce("user", Some(secret), RFC_SERVER_NONCE.into());
     let server_first = server.client_first(RFC_CLIENT_FIRST.as_bytes()).unwrap();
     assert_eq!(String::from_utf8(server_first).unwrap(), RFC_SERVER_FIRST);
@@ -66,7 +67,8 @@ fn client_first_message_has_empty_user_and_random_nonce() {
 
 #[test]
 fn right_password_with_verifier_succeeds() {
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(verifier("pw"))));
+    let stored = verifier("pw");
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     let mut client = ScramClient::new(password("pw"));
     exchange(&mut server, &mut client).unwrap();
     assert!(server.client_key().is_some());
@@ -75,7 +77,7 @@ fn right_password_with_verifier_succeeds() {
 
 #[test]
 fn right_password_with_plaintext_secret_succeeds() {
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Password("pw".into())));
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Password("pw")));
     let mut client = ScramClient::new(password("pw"));
     exchange(&mut server, &mut client).unwrap();
     let v = server.verifier().expect("computed verifier");
@@ -86,17 +88,15 @@ fn right_password_with_plaintext_secret_succeeds() {
 fn non_ascii_password_is_saslprepped_on_both_sides() {
     // U+2168 ROMAN NUMERAL NINE folds to "IX" under NFKC; U+00AD maps to nothing.
     let stored = ScramVerifier::from_password("IXx p\u{00E4}ss", b"salt", 4096);
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(stored)));
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     let mut client = ScramClient::new(password("\u{2168}\u{00AD}x p\u{00E4}ss"));
     exchange(&mut server, &mut client).unwrap();
 }
 
 #[test]
 fn wrong_password_is_rejected() {
-    for secret in [
-        ScramSecret::Verifier(verifier("pw")),
-        ScramSecret::Password("pw".into()),
-    ] {
+    let stored = verifier("pw");
+    for secret in [ScramSecret::Verifier(&stored), ScramSecret::Password("pw")] {
         let mut server = ScramServer::new("alice", Some(secret));
         let mut client = ScramClient::new(password("wrong"));
         assert_eq!(
@@ -144,9 +144,10 @@ fn unknown_user_fake_salt_is_stable_per_user_and_realistic() {
     assert_ne!(first, again, "server nonce must still be fresh");
 
     // Same shape as a real user's: 16-byte salt, 4096 iterations, same nonce length.
+    let stored = verifier("pw");
     let real = server_first_of(&mut ScramServer::new(
         "alice",
-        Some(ScramSecret::Verifier(verifier("pw"))),
+        Some(ScramSecret::Verifier(&stored)),
     ));
     let (fake_salt, fake_iter) = salt_and_iterations(&first)
         .split_once(",i=")
@@ -159,7 +160,7 @@ fn unknown_user_fake_salt_is_stable_per_user_and_realistic() {
 
 #[test]
 fn plaintext_secret_salt_is_stable_like_an_unknown_users() {
-    let secret = || Some(ScramSecret::Password("pw".into()));
+    let secret = || Some(ScramSecret::Password("pw"));
     let a = server_first_of(&mut ScramServer::new("alice", secret()));
     let b = server_first_of(&mut ScramServer::new("alice", secret()));
     assert_eq!(salt_and_iterations(&a), salt_and_iterations(&b));
@@ -169,13 +170,13 @@ fn plaintext_secret_salt_is_stable_like_an_unknown_users() {
 fn pass_through_keys_log_in_to_a_server_with_the_same_verifier() {
     let stored = verifier("pw");
     // The application logs in to pgberth.
-    let mut front = ScramServer::new("alice", Some(ScramSecret::Verifier(stored.clone())));
+    let mut front = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     exchange(&mut front, &mut ScramClient::new(password("pw"))).unwrap();
     let client_key = front.client_key().unwrap();
     let server_key = front.verifier().unwrap().server_key;
 
     // pgberth logs in to PostgreSQL with the recovered keys, no plaintext.
-    let mut postgres = ScramServer::new("alice", Some(ScramSecret::Verifier(stored)));
+    let mut postgres = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     let mut pgberth = ScramClient::new(ScramCredential::Keys {
         client_key,
         server_key,
@@ -185,14 +186,15 @@ fn pass_through_keys_log_in_to_a_server_with_the_same_verifier() {
 
 #[test]
 fn pass_through_keys_against_a_different_verifier_fail() {
-    let mut front = ScramServer::new("alice", Some(ScramSecret::Verifier(verifier("pw"))));
+    let stored = verifier("pw");
+    let mut front = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     exchange(&mut front, &mut ScramClient::new(password("pw"))).unwrap();
     let keys = ScramCredential::Keys {
         client_key: front.client_key().unwrap(),
         server_key: verifier("pw").server_key,
     };
     let other = ScramVerifier::from_password("pw", b"another salt", 4096);
-    let mut postgres = ScramServer::new("alice", Some(ScramSecret::Verifier(other)));
+    let mut postgres = ScramServer::new("alice", Some(ScramSecret::Verifier(&other)));
     assert_eq!(
         exchange(&mut postgres, &mut ScramClient::new(keys)),
         Err(AuthError::WrongPassword)
@@ -201,7 +203,8 @@ fn pass_through_keys_against_a_different_verifier_fail() {
 
 #[test]
 fn client_detects_forged_server_signature() {
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(verifier("pw"))));
+    let stored = verifier("pw");
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     let mut client = ScramClient::new(password("pw"));
     let server_first = server.client_first(&client.client_first()).unwrap();
     let client_final = client.server_first(&server_first).unwrap();
@@ -228,9 +231,10 @@ fn client_reports_server_error() {
 
 #[test]
 fn server_accepts_y_flag_and_rejects_channel_binding() {
+    let rfc = rfc_verifier();
     let mut server = ScramServer::with_nonce(
         "user",
-        Some(ScramSecret::Verifier(rfc_verifier())),
+        Some(ScramSecret::Verifier(&rfc)),
         RFC_SERVER_NONCE.into(),
     );
     server
@@ -267,8 +271,9 @@ fn server_rejects_malformed_client_first() {
         b"n,,n=,r=abc,garbage",
         b"n,,n=,r=\xff\xfe",
     ];
+    let stored = verifier("pw");
     for message in bad {
-        for secret in [None, Some(ScramSecret::Verifier(verifier("pw")))] {
+        for secret in [None, Some(ScramSecret::Verifier(&stored))] {
             let mut server = ScramServer::new("alice", secret);
             let result = server.client_first(message);
             assert!(
@@ -297,10 +302,11 @@ fn server_rejects_malformed_client_final() {
         good.replace(",p=", ",junk,p="),
         good[..good.len() - 10].to_owned(),
     ];
+    let rfc = rfc_verifier();
     for message in bad {
         let mut server = ScramServer::with_nonce(
             "user",
-            Some(ScramSecret::Verifier(rfc_verifier())),
+            Some(ScramSecret::Verifier(&rfc)),
             RFC_SERVER_NONCE.into(),
         );
         server.client_first(RFC_CLIENT_FIRST.as_bytes()).unwrap();
@@ -314,12 +320,14 @@ fn server_rejects_malformed_client_final() {
 
 #[test]
 fn server_rejects_messages_out_of_order() {
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(verifier("pw"))));
+    let stored = verifier("pw");
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     assert!(matches!(
         server.client_final(RFC_CLIENT_FINAL.as_bytes()),
         Err(AuthError::Protocol(_))
     ));
-    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(verifier("pw"))));
+    let stored = verifier("pw");
+    let mut server = ScramServer::new("alice", Some(ScramSecret::Verifier(&stored)));
     server.client_first(b"n,,n=,r=abc").unwrap();
     assert!(matches!(
         server.client_first(b"n,,n=,r=abc"),
@@ -416,7 +424,7 @@ fn server_error_text_is_sanitized_and_bounded() {
 
 #[test]
 fn debug_output_never_contains_secrets() {
-    let secret = ScramSecret::Password("hunter2".into());
+    let secret = ScramSecret::Password("hunter2");
     assert!(!format!("{secret:?}").contains("hunter2"));
     let credential = password("hunter2");
     assert!(!format!("{credential:?}").contains("hunter2"));
