@@ -73,7 +73,12 @@ pub struct ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.app.clients_registry.unregister(&self.info);
-        if self.app.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a draining pooler waits for its last client (process.rs). Telling the run
+        // state's watchers otherwise would wake every worker's accept loop whenever the
+        // pooler empties, which a lone client reconnecting does at every connection.
+        if self.app.clients.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.app.run_state() == RunState::Draining
+        {
             self.app.state.send_modify(|_| {});
         }
     }

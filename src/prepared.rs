@@ -1308,7 +1308,7 @@ fn mentions_session_state(text: &[u8]) -> bool {
         if statement_may_change_session(rest) {
             return true;
         }
-        match rest.iter().position(|&b| b == b';') {
+        match memchr::memchr(b';', rest) {
             Some(semicolon) => rest = &rest[semicolon + 1..],
             None => return false,
         }
@@ -1391,7 +1391,7 @@ fn header(buf: &[u8], max_message: usize) -> Result<(u8, usize), FrameError> {
 }
 
 fn split_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 

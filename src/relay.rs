@@ -727,6 +727,15 @@ impl Timers {
 
 const MAX_SERVER_MESSAGE: usize = i32::MAX as usize;
 
+/// Which socket directions returned Pending in this call of `Pump::poll`.
+#[derive(Default)]
+struct Waits {
+    client_read: bool,
+    client_write: bool,
+    server_read: bool,
+    server_write: bool,
+}
+
 /// The two buffers and the protocol bookkeeping of one stretch of relaying.
 struct Pump {
     /// Offsets and lengths in the buffers are u32: a buffer is 16 KiB, and every byte of an
@@ -1135,11 +1144,20 @@ impl Pump {
         rw: &mut Option<Rewriting<'_>>,
         info: &ClientInfo,
     ) -> Poll<Outcome> {
+        // A read or write that returned Pending stays Pending until this call returns: its
+        // readiness changes only when the runtime's I/O driver runs, between calls. Those are
+        // not tried again in later rounds of the loop, each try being a readiness check.
+        let mut waits = Waits::default();
         loop {
             let mut progress = false;
             // Client → server.
             let retrying = rw.as_ref().is_some_and(|r| r.client.rewriter.retrying());
-            if self.coff == self.clen && !self.server_unflushed && !self.client_done && !retrying {
+            if self.coff == self.clen
+                && !self.server_unflushed
+                && !self.client_done
+                && !retrying
+                && !waits.client_read
+            {
                 let mut rb = ReadBuf::new(&mut self.cbuf);
                 match Pin::new(&mut *client).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
@@ -1159,10 +1177,10 @@ impl Pump {
                     Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientLeft { clean: false });
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => waits.client_read = true,
                 }
             }
-            if self.coff < self.clen {
+            if self.coff < self.clen && !waits.server_write {
                 let src: &[u8] = match rw {
                     Some(rw) if self.staged => &rw.client.stage,
                     _ => &self.cbuf,
@@ -1180,7 +1198,7 @@ impl Pump {
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerLost(e)),
-                    Poll::Pending => {}
+                    Poll::Pending => waits.server_write = true,
                 }
             }
             if self.server_unflushed {
@@ -1202,7 +1220,7 @@ impl Pump {
                 return Poll::Ready(self.client_left());
             }
             // Server → client.
-            if self.soff == self.slen && !self.client_unflushed {
+            if self.soff == self.slen && !self.client_unflushed && !waits.server_read {
                 let mut rb = ReadBuf::new(&mut self.sbuf);
                 match Pin::new(&mut *server).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
@@ -1245,11 +1263,11 @@ impl Pump {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Outcome::ServerLost(e)),
-                    Poll::Pending => {}
+                    Poll::Pending => waits.server_read = true,
                 }
             }
             let mut delivered = false;
-            if self.soff < self.slen {
+            if self.soff < self.slen && !waits.client_write {
                 match Pin::new(&mut *client)
                     .poll_write(cx, &self.sbuf[self.soff as usize..self.slen as usize])
                 {
@@ -1264,7 +1282,7 @@ impl Pump {
                     Poll::Ready(Err(_)) => {
                         return Poll::Ready(Outcome::ClientLeft { clean: false });
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => waits.client_write = true,
                 }
             }
             if self.client_unflushed {

@@ -94,7 +94,7 @@ pub enum FrameError {
 
 /// Reads a NUL-terminated string from the front of `buf`, returning it and the rest.
 pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     let s = std::str::from_utf8(&buf[..nul]).ok()?;
     Some((s, &buf[nul + 1..]))
 }
