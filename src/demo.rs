@@ -6,8 +6,9 @@
 //! so does any error.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -55,15 +56,16 @@ pub fn run() -> anyhow::Result<()> {
 /// Spawn pgberth on `ini`, announce it, and wait for Ctrl-C or its exit.
 async fn run_pooler(ini: &Path, port: u16, pg_port: u16, version: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("could not find the pgberth executable")?;
-    let mut child = tokio::process::Command::new(&exe)
+    let child = Command::new(&exe)
         .arg(ini)
         .stdin(Stdio::null())
         // Its own process group: Ctrl-C in the terminal reaches only us, and we stop it.
         .process_group(0)
-        // If anything below fails or panics, the pooler does not outlive the demo.
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("could not start {}", exe.display()))?;
+    // If anything below fails or panics, the pooler does not outlive the demo.
+    let mut child = KilledOnDrop(child);
+    let child = &mut child.0;
 
     let deadline = Instant::now() + LISTEN_TIMEOUT;
     loop {
@@ -97,31 +99,52 @@ async fn run_pooler(ini: &Path, port: u16, pg_port: u16, version: &str) -> anyho
         }
         _ = terminate.recv() => eprintln!("pgberth demo: SIGTERM, stopping"),
         _ = hangup.recv() => eprintln!("pgberth demo: SIGHUP, stopping"),
-        status = child.wait() => {
+        status = exited(child) => {
             bail!("pgberth exited unexpectedly: {}", status?);
         }
     }
-    stop_child(&mut child).await
+    stop_child(child).await
+}
+
+/// The child's exit status, once it has exited (looked at every 100 ms).
+async fn exited(child: &mut Child) -> std::io::Result<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within `STOP_TIMEOUT`.
-async fn stop_child(child: &mut tokio::process::Child) -> anyhow::Result<()> {
-    if let Some(pid) = child.id() {
+async fn stop_child(child: &mut Child) -> anyhow::Result<()> {
+    if child.try_wait()?.is_none() {
         // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
         unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
     }
-    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-        Ok(status) => {
-            status?;
-        }
-        Err(_) => {
-            eprintln!("pgberth demo: pgberth did not stop within {STOP_TIMEOUT:?}; killing it");
-            child.kill().await?;
-        }
+    if tokio::time::timeout(STOP_TIMEOUT, exited(child))
+        .await
+        .is_err()
+    {
+        eprintln!("pgberth demo: pgberth did not stop within {STOP_TIMEOUT:?}; killing it");
+        child.kill()?;
+        child.wait()?;
     }
     Ok(())
+}
+
+/// The pooler's process, killed and reaped if the demo leaves without stopping it.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// 6432 if it is free, else any free port.
