@@ -1346,9 +1346,14 @@ fn statement_may_change_session(statement: &[u8]) -> bool {
     if statement.starts_with(b"/*") || statement.starts_with(b"--") || statement.starts_with(b"(") {
         return true;
     }
-    let mut head = [0u8; 8];
-    let n = statement.len().min(8);
-    head[..n].copy_from_slice(&statement[..n]);
+    let head = match statement.first_chunk::<8>() {
+        Some(head) => *head,
+        None => {
+            let mut head = [0u8; 8];
+            head[..statement.len()].copy_from_slice(statement);
+            head
+        }
+    };
     // Setting bit 5 lower-cases ASCII letters and turns no other byte into one.
     let word = u64::from_le_bytes(head) | 0x2020_2020_2020_2020;
     KEYS.iter().any(|&(key, mask)| word & mask == key)

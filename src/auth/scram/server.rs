@@ -210,9 +210,8 @@ impl<'a> ScramServer<'a> {
             .ok_or(AuthError::Protocol("client-final-message has no proof"))?;
         let mut parts = without_proof.split(',');
         let binding = attr(parts.next(), 'c', "expected channel binding attribute c=")?;
-        let binding =
-            unb64(binding).ok_or(AuthError::Protocol("channel binding is not valid base64"))?;
-        if binding != gs2_header.as_bytes() {
+        // As PostgreSQL does: the text is compared with the expected header's encoding.
+        if binding != b64(gs2_header.as_bytes()) {
             return Err(AuthError::Protocol(
                 "channel binding does not match the gs2 header",
             ));
