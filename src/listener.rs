@@ -37,11 +37,14 @@ pub enum ListenError {
     Nothing,
 }
 
-fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<std::net::TcpListener> {
+fn bind_tcp(addr: SocketAddr, general: &General) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    if reuseport {
+    if general.so_reuseport {
         socket.set_reuse_port(true)?;
+    }
+    if general.tcp_defer_accept {
+        defer_accept(&socket)?;
     }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -50,6 +53,40 @@ fn bind_tcp(addr: SocketAddr, reuseport: bool) -> std::io::Result<std::net::TcpL
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// How long the kernel holds a connection whose client has sent nothing yet, as PgBouncer.
+#[cfg(target_os = "linux")]
+const DEFER_ACCEPT_SECS: libc::c_int = 45;
+
+/// Sets `TCP_DEFER_ACCEPT`: the listener reports a connection once its client's first bytes
+/// (an SSLRequest or a StartupMessage) are there, which saves a wake-up and a failed read per
+/// client.
+#[cfg(target_os = "linux")]
+fn defer_accept(socket: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is a live socket owned by `socket`, and the option value is a c_int
+    // whose size is passed with it.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&DEFER_ACCEPT_SECS as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere the option does not exist, and `tcp_defer_accept` is ignored.
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_: &Socket) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Binds every `listen_addr` (`*` = all IPv4 and IPv6 addresses) on `listen_port`, and the unix
@@ -72,7 +109,7 @@ pub fn bind(general: &General) -> Result<Bound, ListenError> {
                 .collect()
         };
         for a in addrs {
-            match bind_tcp(a, general.so_reuseport) {
+            match bind_tcp(a, general) {
                 Ok(l) => tcp.push(l),
                 // IPv6 may be unavailable on the machine: "*" then means IPv4 only.
                 Err(_) if addr == "*" && a.is_ipv6() => {}
@@ -302,4 +339,50 @@ impl Turn {
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!("accept failed: {e}");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::Write;
+    use std::net::{Ipv4Addr, TcpStream};
+
+    use super::*;
+
+    /// A listener on a free loopback port, bound as `bind` does with `tcp_defer_accept` set.
+    fn listener(defer: bool) -> (std::net::TcpListener, SocketAddr) {
+        let general = General {
+            tcp_defer_accept: defer,
+            ..General::default()
+        };
+        let listener = bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &general).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// Connects a client that stays silent, then one that sends a byte; returns which of the
+    /// two the listener hands over first.
+    fn first_accepted(defer: bool) -> &'static str {
+        let (listener, addr) = listener(defer);
+        let silent = TcpStream::connect(addr).unwrap();
+        let mut talking = TcpStream::connect(addr).unwrap();
+        talking.write_all(&[0]).unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        if peer == silent.local_addr().unwrap() {
+            "silent"
+        } else {
+            assert_eq!(peer, talking.local_addr().unwrap());
+            "talking"
+        }
+    }
+
+    #[test]
+    fn with_tcp_defer_accept_a_client_is_accepted_once_it_has_sent_bytes() {
+        assert_eq!(first_accepted(true), "talking");
+    }
+
+    #[test]
+    fn without_tcp_defer_accept_clients_are_accepted_in_connection_order() {
+        assert_eq!(first_accepted(false), "silent");
+    }
 }

@@ -240,9 +240,11 @@ pub fn reload(app: &App, path: &Path) {
             if old.general.listen_addr != new.general.listen_addr
                 || old.general.listen_port != new.general.listen_port
                 || old.general.unix_socket_dir != new.general.unix_socket_dir
+                || old.general.so_reuseport != new.general.so_reuseport
+                || old.general.tcp_defer_accept != new.general.tcp_defer_accept
             {
                 tracing::warn!(
-                    "listen_addr, listen_port and unix_socket_dir take effect only at restart"
+                    "listen_addr, listen_port, unix_socket_dir, so_reuseport and tcp_defer_accept take effect only at restart"
                 );
             }
             if old.general.metrics_listen != new.general.metrics_listen {

@@ -87,6 +87,9 @@ pub struct General {
     pub max_packet_size: u32,
     pub pkt_buf: usize,
     pub tcp_keepalive: bool,
+    /// `TCP_DEFER_ACCEPT` (45 s) on the TCP listeners: a client is accepted with its first
+    /// bytes, not at its handshake. Linux only.
+    pub tcp_defer_accept: bool,
     pub so_reuseport: bool,
     pub server_round_robin: bool,
     /// Named prepared statements kept per server connection in transaction and statement
@@ -165,6 +168,7 @@ impl Default for General {
             max_packet_size: 2147483647,
             pkt_buf: 4096,
             tcp_keepalive: true,
+            tcp_defer_accept: cfg!(target_os = "linux"),
             so_reuseport: false,
             server_round_robin: false,
             max_prepared_statements: 200,
@@ -261,6 +265,7 @@ impl General {
             "max_packet_size" => self.max_packet_size = parse!(parse_u32),
             "pkt_buf" => self.pkt_buf = parse!(|v| parse_uint(v, i32::MAX as u64)) as usize,
             "tcp_keepalive" => self.tcp_keepalive = parse!(parse_bool),
+            "tcp_defer_accept" => self.tcp_defer_accept = parse!(parse_bool),
             "so_reuseport" => self.so_reuseport = parse!(parse_bool),
             "server_round_robin" => self.server_round_robin = parse!(parse_bool),
             "max_prepared_statements" => {

@@ -40,7 +40,6 @@ pub const UNSUPPORTED_GENERAL_KEYS: &[&str] = &[
     "syslog",
     "syslog_facility",
     "syslog_ident",
-    "tcp_defer_accept",
     "tcp_keepcnt",
     "tcp_keepidle",
     "tcp_keepintvl",

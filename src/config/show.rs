@@ -17,6 +17,7 @@ const RESTART_ONLY: &[&str] = &[
     "logfile",
     "workers",
     "so_reuseport",
+    "tcp_defer_accept",
     "metrics_listen",
 ];
 
@@ -112,6 +113,7 @@ impl General {
             ("max_packet_size", self.max_packet_size.to_string()),
             ("pkt_buf", self.pkt_buf.to_string()),
             ("tcp_keepalive", flag(self.tcp_keepalive)),
+            ("tcp_defer_accept", flag(self.tcp_defer_accept)),
             ("so_reuseport", flag(self.so_reuseport)),
             ("server_round_robin", flag(self.server_round_robin)),
             (

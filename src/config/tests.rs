@@ -69,6 +69,7 @@ fn defaults_are_pgbouncers() {
     assert_eq!(g.max_packet_size, 2147483647);
     assert_eq!(g.pkt_buf, 4096);
     assert!(g.tcp_keepalive);
+    assert_eq!(g.tcp_defer_accept, cfg!(target_os = "linux"));
     assert!(!g.so_reuseport && !g.server_round_robin && !g.disable_pqexec);
     assert!(!g.application_name_add_host);
     assert_eq!(g.user, None);
@@ -132,6 +133,7 @@ stats_period = 15
 max_packet_size = 1048576
 pkt_buf = 8192
 tcp_keepalive = 0
+tcp_defer_accept = 0
 so_reuseport = 1
 server_round_robin = 1
 disable_pqexec = 1
@@ -212,7 +214,13 @@ fn full_example_is_parsed() {
     assert_eq!(g.stats_users, vec!["stats"]);
     assert_eq!(g.stats_period, Duration::from_secs(15));
     assert_eq!((g.max_packet_size, g.pkt_buf), (1048576, 8192));
-    assert!(!g.tcp_keepalive && g.so_reuseport && g.server_round_robin && g.disable_pqexec);
+    assert!(
+        !g.tcp_keepalive
+            && !g.tcp_defer_accept
+            && g.so_reuseport
+            && g.server_round_robin
+            && g.disable_pqexec
+    );
     assert_eq!(g.shutdown_wait_timeout, Duration::from_secs(30));
     assert_eq!(g.user.as_deref(), Some("postgres"));
 
