@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::app::{App, RunState};
 use crate::config::General;
+use crate::registry::Ends;
 use crate::stream::Stream;
 
 /// Sockets bound from the config, not yet attached to a runtime.
@@ -46,6 +47,10 @@ fn bind_tcp(addr: SocketAddr, general: &General) -> std::io::Result<std::net::Tc
     if general.tcp_defer_accept {
         defer_accept(&socket)?;
     }
+    // Accepted sockets inherit both (Linux): no setsockopt per client.
+    socket.set_tcp_nodelay(true)?;
+    // The system's keepalive timings, as PgBouncer leaves them (`tcp_keepidle` = 0).
+    socket.set_keepalive(general.tcp_keepalive)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -158,16 +163,29 @@ pub fn bind(general: &General) -> Result<Bound, ListenError> {
     Ok(Bound { tcp, unix })
 }
 
-fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool) {
-    let _ = stream.set_nodelay(true);
-    if keepalive {
-        // The system's keepalive timings, as PgBouncer leaves them (`tcp_keepidle` = 0).
-        let _ = socket2::SockRef::from(stream).set_keepalive(true);
+/// What a listening socket's accepted clients share, learnt once per accept loop.
+#[derive(Clone, Copy, Default)]
+struct Inherited {
+    /// The listener's own address when it is a specific one, which is then every accepted
+    /// socket's local address; `None` for a wildcard address or a unix socket.
+    local: Option<SocketAddr>,
+    /// SO_KEEPALIVE as set on the listener, and so on each accepted socket.
+    keepalive: bool,
+}
+
+/// Sets what an accepted TCP socket did not inherit from its listener: the keepalive, when
+/// a reload changed `tcp_keepalive` since the bind; TCP_NODELAY where it is not inherited.
+fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool, inherited: Inherited) {
+    if !cfg!(target_os = "linux") {
+        let _ = stream.set_nodelay(true);
+    }
+    if keepalive != inherited.keepalive {
+        let _ = socket2::SockRef::from(stream).set_keepalive(keepalive);
     }
 }
 
-fn start_client(app: &Arc<App>, stream: Stream) {
-    let (slot, admitted) = app.admit_client(crate::registry::Ends::of(&stream));
+fn start_client(app: &Arc<App>, (stream, ends): (Stream, Ends)) {
+    let (slot, admitted) = app.admit_client(ends);
     let info = slot.info.clone();
     let task = tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
     info.set_abort(Some(task.abort_handle()));
@@ -187,6 +205,7 @@ pub async fn accept_unix(app: Arc<App>, listener: std::os::unix::net::UnixListen
 
 /// The accept loop of either kind of listening socket, until the process stops accepting.
 async fn accept_clients<L: Listen>(app: Arc<App>, listener: L::Std) {
+    let inherited = L::inherited(&listener);
     let mut listener = OnRuntime::<L>::new(listener);
     let mut state = app.watch_state();
     let mut suspended = app.control.watch_suspended();
@@ -208,8 +227,8 @@ async fn accept_clients<L: Listen>(app: Arc<App>, listener: L::Std) {
                 tokio::select! {
                     biased;
                     () = &mut change => break,
-                    accepted = accept(registered, &app) => match accepted {
-                        Ok(stream) => start_client(&app, stream),
+                    accepted = accept(registered, &app, inherited) => match accepted {
+                        Ok(client) => start_client(&app, client),
                         Err(e) => accept_failed(e).await,
                     },
                 }
@@ -222,9 +241,13 @@ async fn accept_clients<L: Listen>(app: Arc<App>, listener: L::Std) {
 }
 
 /// Accepts a client from `listener` when there is one; else waits forever.
-async fn accept<L: Listen>(listener: Option<&L>, app: &App) -> std::io::Result<Stream> {
+async fn accept<L: Listen>(
+    listener: Option<&L>,
+    app: &App,
+    inherited: Inherited,
+) -> std::io::Result<(Stream, Ends)> {
     match listener {
-        Some(listener) => listener.accept_client(app).await,
+        Some(listener) => listener.accept_client(app, inherited).await,
         None => std::future::pending().await,
     }
 }
@@ -271,8 +294,14 @@ trait Listen: Sized + Send + Sync + 'static {
     type Std: Send;
     fn from_std(listener: Self::Std) -> std::io::Result<Self>;
     fn into_std(self) -> std::io::Result<Self::Std>;
-    /// Accepts one client, its socket tuned as the config says.
-    fn accept_client(&self, app: &App) -> impl Future<Output = std::io::Result<Stream>> + Send;
+    /// What every socket accepted from `listener` has from it.
+    fn inherited(listener: &Self::Std) -> Inherited;
+    /// Accepts one client, its socket tuned as the config says, with its addresses.
+    fn accept_client(
+        &self,
+        app: &App,
+        inherited: Inherited,
+    ) -> impl Future<Output = std::io::Result<(Stream, Ends)>> + Send;
 }
 
 impl Listen for TcpListener {
@@ -283,10 +312,29 @@ impl Listen for TcpListener {
     fn into_std(self) -> std::io::Result<Self::Std> {
         TcpListener::into_std(self)
     }
-    async fn accept_client(&self, app: &App) -> std::io::Result<Stream> {
-        let (stream, _) = self.accept().await?;
-        tune_client_socket(&stream, app.config().general.tcp_keepalive);
-        Ok(Stream::Tcp(stream))
+    fn inherited(listener: &Self::Std) -> Inherited {
+        Inherited {
+            local: listener
+                .local_addr()
+                .ok()
+                .filter(|addr| !addr.ip().is_unspecified()),
+            keepalive: socket2::SockRef::from(listener)
+                .keepalive()
+                .unwrap_or(false),
+        }
+    }
+    async fn accept_client(
+        &self,
+        app: &App,
+        inherited: Inherited,
+    ) -> std::io::Result<(Stream, Ends)> {
+        let (stream, remote) = self.accept().await?;
+        tune_client_socket(&stream, app.config().general.tcp_keepalive, inherited);
+        let ends = Ends {
+            remote: Some(remote),
+            local: inherited.local.or_else(|| stream.local_addr().ok()),
+        };
+        Ok((Stream::Tcp(stream), ends))
     }
 }
 
@@ -298,9 +346,16 @@ impl Listen for UnixListener {
     fn into_std(self) -> std::io::Result<Self::Std> {
         UnixListener::into_std(self)
     }
-    async fn accept_client(&self, _app: &App) -> std::io::Result<Stream> {
+    fn inherited(_: &Self::Std) -> Inherited {
+        Inherited::default()
+    }
+    async fn accept_client(
+        &self,
+        _app: &App,
+        _inherited: Inherited,
+    ) -> std::io::Result<(Stream, Ends)> {
         let (stream, _) = self.accept().await?;
-        Ok(Stream::Unix(stream))
+        Ok((Stream::Unix(stream), Ends::default()))
     }
 }
 
@@ -374,6 +429,28 @@ mod tests {
             assert_eq!(peer, talking.local_addr().unwrap());
             "talking"
         }
+    }
+
+    /// TCP_NODELAY and SO_KEEPALIVE of a socket accepted from a listener bound with
+    /// `tcp_keepalive` set as given: set on the listener, not per client.
+    fn accepted_options(keepalive: bool) -> (bool, bool) {
+        let general = General {
+            tcp_keepalive: keepalive,
+            ..General::default()
+        };
+        let listener = bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &general).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(&[0]).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let keepalive = socket2::SockRef::from(&accepted).keepalive().unwrap();
+        (accepted.nodelay().unwrap(), keepalive)
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_the_keepalive_setting_from_the_listener() {
+        assert_eq!(accepted_options(true), (true, true));
+        assert_eq!(accepted_options(false), (true, false));
     }
 
     #[test]
