@@ -207,8 +207,9 @@ pub struct ClientState {
     pub stage: Vec<u8>,
     pub registry: Arc<Registry>,
     pub max_prepared: usize,
-    /// The client's startup parameters: what RESET and RESET ALL go back to.
-    pub startup_params: Vec<(String, crate::pool::ParamValue)>,
+    /// The client's startup parameters, what RESET and RESET ALL go back to: copied from
+    /// the session's parameters just before its first SET or RESET changes them.
+    pub startup_params: Option<Vec<(String, crate::pool::ParamValue)>>,
 }
 
 impl ClientState {
@@ -219,7 +220,7 @@ impl ClientState {
             stage: Vec::new(),
             registry,
             max_prepared,
-            startup_params: Vec::new(),
+            startup_params: None,
         }
     }
 

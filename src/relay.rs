@@ -240,9 +240,7 @@ impl Session {
     /// statements and parameters.
     fn ensure_client_state(&mut self, max_prepared: usize) {
         if self.statements.is_none() {
-            let mut state = ClientState::new(self.app.statements.clone(), max_prepared);
-            // No SET has run yet: what the client wants now is what it started with.
-            state.startup_params = self.wanted_params.to_vec();
+            let state = ClientState::new(self.app.statements.clone(), max_prepared);
             self.statements = Some(Box::new(state));
         }
     }
@@ -269,6 +267,11 @@ impl Session {
         if changes.is_empty() {
             return unknown;
         }
+        // Only SETs and RESETs change the session's parameters, and this is the first: what
+        // the client wants now is what it started with.
+        let startup = state
+            .startup_params
+            .get_or_insert_with(|| self.wanted_params.to_vec());
         let mut wanted = self.wanted_params.to_vec();
         for change in changes {
             let (name, value) = match change {
@@ -283,17 +286,17 @@ impl Session {
                     if let Some(conn) = self.server.as_mut() {
                         conn.params_changed(&name, None);
                     }
-                    let startup = state
-                        .startup_params
+                    let value = startup
                         .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&name));
-                    (name, startup.map(|(_, v)| v.clone()))
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+                        .map(|(_, v)| v.clone());
+                    (name, value)
                 }
                 ParamChange::ResetAll => {
                     if let Some(conn) = self.server.as_mut() {
                         conn.params_all_reset();
                     }
-                    wanted.clone_from(&state.startup_params);
+                    wanted.clone_from(startup);
                     continue;
                 }
             };
