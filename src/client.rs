@@ -990,9 +990,13 @@ async fn scram_auth(
     };
     let from_verifier = matches!(scram_secret, Some(ScramSecret::Verifier(_)));
     let mut server = ScramServer::new(user, scram_secret);
-    let mut out = Vec::with_capacity(LOGIN_BUFFER);
-    build::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
-    stream.send(&out).await?;
+    // The greeting's buffer carries the exchange's first two messages; it is empty until
+    // SASLFinal, which goes out with the greeting.
+    let out = greeting;
+    debug_assert!(out.is_empty());
+    build::auth_sasl(out, &["SCRAM-SHA-256"]);
+    stream.send(out).await?;
+    out.clear();
 
     let initial = parse_sasl_initial(&read_password_message(stream, incoming).await?[5..]);
     let Some(("SCRAM-SHA-256", data)) = initial else {
@@ -1007,9 +1011,9 @@ async fn scram_auth(
         Ok(m) => m,
         Err(e) => return Err(send_fatal(stream, scram_error(user, e)).await),
     };
+    build::auth_sasl_continue(out, server_first);
+    stream.send(out).await?;
     out.clear();
-    build::auth_sasl_continue(&mut out, &server_first);
-    stream.send(&out).await?;
 
     let client_final = read_password_message(stream, incoming).await?;
     let server_final = match server.client_final(&client_final[5..]) {
@@ -1024,7 +1028,7 @@ async fn scram_auth(
     {
         pool.set_scram_keys(client_key, verifier.server_key);
     }
-    build::auth_sasl_final(greeting, &server_final);
+    build::auth_sasl_final(out, &server_final);
     Ok(())
 }
 

@@ -62,7 +62,10 @@ fn unb64(s: &str) -> Option<Vec<u8>> {
 
 /// A 32-byte key from its base64 form, or `None` if it is not exactly 32 bytes.
 fn unb64_key(s: &str) -> Option<[u8; 32]> {
-    unb64(s)?.try_into().ok()
+    // The 44 characters of a 32-byte key decode to at most 33 bytes; longer text does not fit.
+    let mut key = [0u8; 33];
+    let len = STANDARD.decode_slice(s, &mut key).ok()?;
+    key[..len].try_into().ok()
 }
 
 /// A fresh random nonce, base64 of [`NONCE_LEN`] random bytes (printable, no commas).

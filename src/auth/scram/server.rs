@@ -6,9 +6,15 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
 use super::{
-    DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, ScramVerifier, attr, b64, hmac, is_extension,
-    is_printable, random_nonce, sha256, unb64, utf8, xor,
+    DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, NONCE_LEN, ScramVerifier, attr, hmac, is_extension,
+    is_printable, sha256, unb64_key, utf8, xor,
 };
 use crate::auth::{AuthError, ct_eq};
 
@@ -51,13 +57,27 @@ fn per_user_salt(user: &str) -> Vec<u8> {
 enum State {
     Initial,
     SentServerFirst {
-        gs2_header: String,
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
+        /// The channel-binding attribute the client-final-message must carry: the base64 of
+        /// the gs2 header, `n,,` or `y,,`.
+        binding: &'static str,
+        /// `client-first-message-bare "," server-first-message`: the start of the
+        /// AuthMessage, whose end the client-final-message gives.
+        transcript: String,
+        /// Where the server-first-message starts in `transcript`.
+        server_first_at: usize,
+        /// Where the combined nonce is in `transcript`.
+        nonce: Range<usize>,
     },
     Done,
     Failed,
+}
+
+/// The server's half of the nonce: fresh random bytes, printed in base64 when the
+/// server-first-message is written; or a given text (tests use RFC vectors).
+enum ServerNonce {
+    Random([u8; NONCE_LEN]),
+    #[cfg(test)]
+    Given(String),
 }
 
 /// Server side of one SCRAM-SHA-256 exchange. Feed it the client's SASL messages in order;
@@ -66,7 +86,7 @@ pub struct ScramServer<'a> {
     verifier: Cow<'a, ScramVerifier>,
     /// `false` for an unknown user: the exchange runs normally but always fails at the end.
     known: bool,
-    server_nonce: String,
+    server_nonce: ServerNonce,
     state: State,
     client_key: Option<[u8; 32]>,
 }
@@ -78,14 +98,25 @@ impl<'a> ScramServer<'a> {
     ///
     /// With [`ScramSecret::Password`] this computes PBKDF2 (4096 rounds), a few milliseconds.
     pub fn new(user: &str, secret: Option<ScramSecret<'a>>) -> ScramServer<'a> {
-        ScramServer::with_nonce(user, secret, random_nonce())
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        ScramServer::starting(user, secret, ServerNonce::Random(nonce))
     }
 
     /// As [`ScramServer::new`] with a given server nonce (tests use RFC vectors).
+    #[cfg(test)]
     pub(crate) fn with_nonce(
         user: &str,
         secret: Option<ScramSecret<'a>>,
         server_nonce: String,
+    ) -> ScramServer<'a> {
+        ScramServer::starting(user, secret, ServerNonce::Given(server_nonce))
+    }
+
+    fn starting(
+        user: &str,
+        secret: Option<ScramSecret<'a>>,
+        server_nonce: ServerNonce,
     ) -> ScramServer<'a> {
         let (verifier, known) = match secret {
             Some(ScramSecret::Verifier(v)) => (Cow::Borrowed(v), true),
@@ -119,29 +150,42 @@ impl<'a> ScramServer<'a> {
 
     /// Handles the client-first-message (the data of SASLInitialResponse) and returns the
     /// server-first-message (to send in AuthenticationSASLContinue).
-    pub fn client_first(&mut self, client_first_message: &[u8]) -> Result<Vec<u8>, AuthError> {
+    pub fn client_first(&mut self, client_first_message: &[u8]) -> Result<&[u8], AuthError> {
         if !matches!(self.state, State::Initial) {
             self.state = State::Failed;
             return Err(AuthError::Protocol("unexpected client-first-message"));
         }
-        let result = self.handle_client_first(client_first_message);
-        if result.is_err() {
-            self.state = State::Failed;
+        match self.handle_client_first(client_first_message) {
+            Ok(state) => self.state = state,
+            Err(e) => {
+                self.state = State::Failed;
+                return Err(e);
+            }
         }
-        result
+        let State::SentServerFirst {
+            transcript,
+            server_first_at,
+            ..
+        } = &self.state
+        else {
+            unreachable!("just set");
+        };
+        Ok(&transcript.as_bytes()[*server_first_at..])
     }
 
-    fn handle_client_first(&mut self, message: &[u8]) -> Result<Vec<u8>, AuthError> {
+    fn handle_client_first(&self, message: &[u8]) -> Result<State, AuthError> {
         let message = utf8(message)?;
         // gs2-header: cbind-flag "," [authzid] ","
         let (flag, rest) = message
             .split_once(',')
             .ok_or(AuthError::Protocol("client-first-message is truncated"))?;
-        match flag {
-            "n" | "y" => {}
+        let binding = match flag {
+            // base64("n,,") and base64("y,,").
+            "n" => "biws",
+            "y" => "eSws",
             _ if flag.starts_with("p=") => return Err(AuthError::UnsupportedChannelBinding),
             _ => return Err(AuthError::Protocol("invalid channel-binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(AuthError::Protocol("client-first-message is truncated"))?;
@@ -150,9 +194,6 @@ impl<'a> ScramServer<'a> {
                 "authorization identity is not supported",
             ));
         }
-        // Built with `concat` rather than `format!`: these run at every login.
-        let gs2_header = [flag, ",,"].concat();
-
         if bare.starts_with("m=") {
             return Err(AuthError::Protocol(
                 "mandatory extensions are not supported",
@@ -171,24 +212,31 @@ impl<'a> ScramServer<'a> {
             return Err(AuthError::Protocol("malformed attribute after nonce"));
         }
 
-        let nonce = [client_nonce, &self.server_nonce].concat();
-        let server_first = [
-            "r=",
-            &nonce,
-            ",s=",
-            &b64(&self.verifier.salt),
-            ",i=",
-            &self.verifier.iterations.to_string(),
-        ]
-        .concat();
-        let out = server_first.clone().into_bytes();
-        self.state = State::SentServerFirst {
-            gs2_header,
-            client_first_bare: bare.to_owned(),
-            server_first,
+        // One string, written once, holds everything later steps need: it is made at every
+        // login. 96 bytes cover the server-first-message's nonce, salt and iteration count.
+        let mut transcript = String::with_capacity(bare.len() + client_nonce.len() + 96);
+        transcript.push_str(bare);
+        transcript.push(',');
+        let server_first_at = transcript.len();
+        transcript.push_str("r=");
+        let nonce_start = transcript.len();
+        transcript.push_str(client_nonce);
+        match &self.server_nonce {
+            ServerNonce::Random(bytes) => STANDARD.encode_string(bytes, &mut transcript),
+            #[cfg(test)]
+            ServerNonce::Given(text) => transcript.push_str(text),
+        }
+        let nonce = nonce_start..transcript.len();
+        transcript.push_str(",s=");
+        STANDARD.encode_string(&self.verifier.salt, &mut transcript);
+        // Writing to a String cannot fail.
+        let _ = write!(transcript, ",i={}", self.verifier.iterations);
+        Ok(State::SentServerFirst {
+            binding,
+            transcript,
+            server_first_at,
             nonce,
-        };
-        Ok(out)
+        })
     }
 
     /// Handles the client-final-message (the data of SASLResponse): verifies the proof and
@@ -196,10 +244,10 @@ impl<'a> ScramServer<'a> {
     pub fn client_final(&mut self, client_final_message: &[u8]) -> Result<Vec<u8>, AuthError> {
         let state = std::mem::replace(&mut self.state, State::Failed);
         let State::SentServerFirst {
-            gs2_header,
-            client_first_bare,
-            server_first,
+            binding,
+            transcript,
             nonce,
+            ..
         } = state
         else {
             return Err(AuthError::Protocol("unexpected client-final-message"));
@@ -209,35 +257,37 @@ impl<'a> ScramServer<'a> {
             .rsplit_once(",p=")
             .ok_or(AuthError::Protocol("client-final-message has no proof"))?;
         let mut parts = without_proof.split(',');
-        let binding = attr(parts.next(), 'c', "expected channel binding attribute c=")?;
+        let client_binding = attr(parts.next(), 'c', "expected channel binding attribute c=")?;
         // As PostgreSQL does: the text is compared with the expected header's encoding.
-        if binding != b64(gs2_header.as_bytes()) {
+        if client_binding != binding {
             return Err(AuthError::Protocol(
                 "channel binding does not match the gs2 header",
             ));
         }
         let client_nonce = attr(parts.next(), 'r', "expected nonce attribute r=")?;
-        if client_nonce != nonce {
+        if client_nonce != &transcript[nonce] {
             return Err(AuthError::Protocol("nonce does not match"));
         }
         if !parts.all(is_extension) {
             return Err(AuthError::Protocol("malformed attribute before proof"));
         }
-        let proof: [u8; 32] = unb64(proof)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(AuthError::Protocol("proof is not 32 bytes of base64"))?;
+        let proof =
+            unb64_key(proof).ok_or(AuthError::Protocol("proof is not 32 bytes of base64"))?;
 
-        let auth_message = [&client_first_bare, ",", &server_first, ",", without_proof].concat();
-        let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
+        let auth_message: [&[u8]; 3] = [transcript.as_bytes(), b",", without_proof.as_bytes()];
+        let client_signature = hmac(&self.verifier.stored_key, &auth_message);
         let client_key = xor(&proof, &client_signature);
         let matches = ct_eq(&sha256(&client_key), &self.verifier.stored_key);
         if !(matches && self.known) {
             return Err(AuthError::WrongPassword);
         }
-        let server_signature = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
+        let server_signature = hmac(&self.verifier.server_key, &auth_message);
         self.client_key = Some(client_key);
         self.state = State::Done;
-        Ok(["v=", &b64(&server_signature)].concat().into_bytes())
+        let mut server_final = String::with_capacity(46);
+        server_final.push_str("v=");
+        STANDARD.encode_string(server_signature, &mut server_final);
+        Ok(server_final.into_bytes())
     }
 
     /// After a successful [`ScramServer::client_final`]: the client's ClientKey, recovered
