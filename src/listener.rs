@@ -403,12 +403,8 @@ mod tests {
 
     use super::*;
 
-    /// A listener on a free loopback port, bound as `bind` does with `tcp_defer_accept` set.
-    fn listener(defer: bool) -> (std::net::TcpListener, SocketAddr) {
-        let general = General {
-            tcp_defer_accept: defer,
-            ..General::default()
-        };
+    /// A blocking listener on a free loopback port, bound as `bind` does with `general`.
+    fn listener(general: General) -> (std::net::TcpListener, SocketAddr) {
         let listener = bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &general).unwrap();
         listener.set_nonblocking(false).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -418,7 +414,10 @@ mod tests {
     /// Connects a client that stays silent, then one that sends a byte; returns which of the
     /// two the listener hands over first.
     fn first_accepted(defer: bool) -> &'static str {
-        let (listener, addr) = listener(defer);
+        let (listener, addr) = listener(General {
+            tcp_defer_accept: defer,
+            ..General::default()
+        });
         let silent = TcpStream::connect(addr).unwrap();
         let mut talking = TcpStream::connect(addr).unwrap();
         talking.write_all(&[0]).unwrap();
@@ -434,13 +433,11 @@ mod tests {
     /// TCP_NODELAY and SO_KEEPALIVE of a socket accepted from a listener bound with
     /// `tcp_keepalive` set as given: set on the listener, not per client.
     fn accepted_options(keepalive: bool) -> (bool, bool) {
-        let general = General {
+        let (listener, addr) = listener(General {
             tcp_keepalive: keepalive,
             ..General::default()
-        };
-        let listener = bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &general).unwrap();
-        listener.set_nonblocking(false).unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        });
+        let mut client = TcpStream::connect(addr).unwrap();
         client.write_all(&[0]).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         let keepalive = socket2::SockRef::from(&accepted).keepalive().unwrap();

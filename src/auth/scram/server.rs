@@ -4,10 +4,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::OnceLock;
-
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
