@@ -253,6 +253,25 @@ fn prepared(c: &mut Criterion) {
         })
     });
 
+    // A simple Query with nothing to rewrite and its answer: both pass on as they are, with
+    // nothing copied (`Rewritten::Unchanged`) and the answer walked by the quick loop.
+    let plain = query(SELECT);
+    let plain_answer = select_answer();
+    group.throughput(Throughput::Bytes((plain.len() + plain_answer.len()) as u64));
+    group.bench_function("exchange_plain_query", |b| {
+        let mut client = ClientState::new(registry.clone(), MAX_PREPARED);
+        let mut server = ServerStatements::default();
+        client.start_stretch(MAX_PREPARED);
+        let mut buf = plain_answer.clone();
+        b.iter(|| {
+            let sent = client
+                .rewrite_client(black_box(&plain), &mut server, MAX_MESSAGE)
+                .unwrap();
+            buf.copy_from_slice(&plain_answer);
+            black_box((sent, client.rewriter.server(&mut buf, &mut server)))
+        })
+    });
+
     // Client → server: Parse/Bind/Describe/Execute/Sync from a new client, for a statement
     // the server connection already has (the Parse becomes a Close of a never-prepared name).
     group.throughput(Throughput::Bytes(parse_request.len() as u64));

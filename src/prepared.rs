@@ -292,6 +292,7 @@ impl ClientState {
         self.stage.clear();
         // The client's Parses go again, but the client sent them once.
         let client_parses = self.rewriter.counts.client_parses;
+        let mut out = Output::new(&input, &mut self.stage);
         let rewritten = self.rewriter.client(
             &input,
             &self.registry,
@@ -299,8 +300,9 @@ impl ClientState {
             server,
             self.max_prepared,
             max_message,
-            &mut self.stage,
+            &mut out,
         );
+        out.into_stage();
         self.rewriter.counts.client_parses = client_parses;
         rewritten.is_ok() && !self.stage.is_empty()
     }
@@ -311,8 +313,9 @@ impl ClientState {
         chunk: &[u8],
         server: &mut ServerStatements,
         max_message: usize,
-    ) -> Result<(), FrameError> {
+    ) -> Result<Rewritten, FrameError> {
         self.stage.clear();
+        let mut out = Output::new(chunk, &mut self.stage);
         self.rewriter.client(
             chunk,
             &self.registry,
@@ -320,8 +323,9 @@ impl ClientState {
             server,
             self.max_prepared,
             max_message,
-            &mut self.stage,
-        )
+            &mut out,
+        )?;
+        Ok(out.finish())
     }
 }
 
@@ -337,6 +341,75 @@ const STAGE_KEEP: usize = 16 * 1024;
 pub struct Rewriting<'a> {
     pub client: &'a mut ClientState,
     pub server: &'a mut ServerStatements,
+}
+
+/// What a chunk from the client became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewritten {
+    /// The chunk's first `n` bytes, unchanged: the rest (the start of a message still to be
+    /// completed) is held back.
+    Unchanged(usize),
+    /// Something changed: the bytes to send are in the client state's `stage`.
+    Staged,
+}
+
+/// Where a rewritten chunk goes. Until something changes, the output is the chunk's own first
+/// bytes and nothing is copied; the first change copies those into the staging buffer, and
+/// everything after goes there too.
+pub struct Output<'a> {
+    chunk: &'a [u8],
+    stage: &'a mut Vec<u8>,
+    /// How many of the chunk's first bytes the output is, while nothing is staged.
+    unchanged: usize,
+    staged: bool,
+}
+
+impl<'a> Output<'a> {
+    /// `stage` must be empty.
+    pub fn new(chunk: &'a [u8], stage: &'a mut Vec<u8>) -> Output<'a> {
+        Output {
+            chunk,
+            stage,
+            unchanged: 0,
+            staged: false,
+        }
+    }
+
+    /// Passes bytes on as they are. Bytes that are the chunk's next ones are not copied.
+    #[inline]
+    fn forward(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let next = self.chunk[self.unchanged..].as_ptr();
+        if !self.staged && std::ptr::eq(bytes.as_ptr(), next) {
+            self.unchanged += bytes.len();
+        } else {
+            self.staged().extend_from_slice(bytes);
+        }
+    }
+
+    /// The staging buffer, for output that differs from the chunk.
+    fn staged(&mut self) -> &mut Vec<u8> {
+        if !self.staged {
+            self.stage.extend_from_slice(&self.chunk[..self.unchanged]);
+            self.staged = true;
+        }
+        self.stage
+    }
+
+    pub fn finish(self) -> Rewritten {
+        if self.staged {
+            Rewritten::Staged
+        } else {
+            Rewritten::Unchanged(self.unchanged)
+        }
+    }
+
+    /// Puts the whole output in the staging buffer.
+    pub fn into_stage(mut self) {
+        self.staged();
+    }
 }
 
 /// Process-wide prepared-statement counters (for SHOW STATS and metrics).
@@ -524,7 +597,7 @@ impl Rewriter {
         server: &mut ServerStatements,
         max_prepared: usize,
         max_message: usize,
-        out: &mut Vec<u8>,
+        out: &mut Output<'_>,
     ) -> Result<(), FrameError> {
         // Kept only for clients with named statements: nothing else can go stale.
         if !self.epoch_input_overflow && !client.is_empty() {
@@ -539,7 +612,7 @@ impl Rewriter {
         while !rest.is_empty() {
             if self.pass_remaining > 0 {
                 let take = self.pass_remaining.min(rest.len());
-                out.extend_from_slice(&rest[..take]);
+                out.forward(&rest[..take]);
                 self.pass_remaining -= take;
                 rest = &rest[take..];
                 continue;
@@ -572,7 +645,7 @@ impl Rewriter {
             if !rewritable {
                 // Pass through: what was carried, then the rest as it comes.
                 let carried = std::mem::take(&mut self.carry);
-                out.extend_from_slice(&carried);
+                out.forward(&carried);
                 self.pass_remaining = total - carried.len();
                 if matches!(tag, frontend::SYNC | frontend::FUNCTION_CALL) {
                     self.epochs_sent += 1;
@@ -608,7 +681,7 @@ impl Rewriter {
         client: &mut ClientStatements,
         server: &mut ServerStatements,
         max_prepared: usize,
-        out: &mut Vec<u8>,
+        out: &mut Output<'_>,
     ) -> Result<(), FrameError> {
         let body = &msg[5..];
         match tag {
@@ -622,11 +695,12 @@ impl Rewriter {
                 };
                 match rewritten {
                     Some(rewritten) => {
+                        let out = out.staged();
                         let start = build::begin(out, frontend::QUERY);
                         build::cstr(out, &rewritten);
                         build::patch_len(out, start);
                     }
-                    None => out.extend_from_slice(msg),
+                    None => out.forward(msg),
                 }
                 self.epochs_sent += 1;
             }
@@ -641,9 +715,10 @@ impl Rewriter {
                 }
                 if name.is_empty() {
                     self.expect_parse(false, None);
-                    out.extend_from_slice(msg);
+                    out.forward(msg);
                     return Ok(());
                 }
+                let out = out.staged();
                 if let Some(existing) = client.by_name.get(name).cloned() {
                     // The name is in use: PostgreSQL refuses with 42P05 and skips to the next
                     // Sync. Have it do exactly that, by parsing under the existing statement's
@@ -686,9 +761,10 @@ impl Rewriter {
                     split_cstr(after_portal).ok_or(FrameError::Malformed("Bind"))?;
                 let Some(stmt) = self.statement_for_use(name, client, server, max_prepared, out)
                 else {
-                    out.extend_from_slice(msg);
+                    out.forward(msg);
                     return Ok(());
                 };
+                let out = out.staged();
                 let start = build::begin(out, frontend::BIND);
                 build::cbytes(out, portal);
                 build::cbytes(out, stmt.server_name().as_bytes());
@@ -701,12 +777,14 @@ impl Rewriter {
                     .ok_or(FrameError::Malformed("Describe"))?;
                 let (name, _) = split_cstr(name_part).ok_or(FrameError::Malformed("Describe"))?;
                 if kind != b'S' {
-                    out.extend_from_slice(msg);
+                    out.forward(msg);
                     return Ok(());
                 }
                 match self.statement_for_use(name, client, server, max_prepared, out) {
-                    Some(stmt) => build::describe(out, b'S', stmt.server_name().as_bytes()),
-                    None => out.extend_from_slice(msg),
+                    Some(stmt) => {
+                        build::describe(out.staged(), b'S', stmt.server_name().as_bytes())
+                    }
+                    None => out.forward(msg),
                 }
             }
             frontend::CLOSE => {
@@ -718,9 +796,9 @@ impl Rewriter {
                 if kind == b'S' && !name.is_empty() {
                     // Other clients may share the statement: forget the client's name only.
                     client.by_name.remove(name);
-                    build::close(out, b'S', NEVER_PREPARED);
+                    build::close(out.staged(), b'S', NEVER_PREPARED);
                 } else {
-                    out.extend_from_slice(msg);
+                    out.forward(msg);
                 }
             }
             _ => unreachable!("only rewritable messages get here"),
@@ -741,7 +819,7 @@ impl Rewriter {
         client: &mut ClientStatements,
         server: &mut ServerStatements,
         max_prepared: usize,
-        out: &mut Vec<u8>,
+        out: &mut Output<'_>,
     ) -> Option<String> {
         let mut edit = QueryEdit::default();
         let mut changes = Vec::new();
@@ -780,7 +858,7 @@ impl Rewriter {
                         edit.replace(query, range, &text, 1);
                         self.counts.reused += 1;
                     } else {
-                        self.make_room(server, max_prepared, out);
+                        self.make_room(server, max_prepared, out.staged());
                         edit.replace(query, range, &format!("PREPARE {server_name}{rest}"), 0);
                         self.counts.prepared += 1;
                     }
@@ -792,7 +870,7 @@ impl Rewriter {
                     if let Some(stmt) = client.by_name.get(name.as_bytes()).cloned() {
                         let args = &query[name_range.end..range.end];
                         let call = format!("EXECUTE {}{args}", stmt.server_name());
-                        match self.ensure_for_query(&stmt, server, max_prepared, out) {
+                        match self.ensure_for_query(&stmt, server, max_prepared, out.staged()) {
                             Some(prepare) => {
                                 edit.replace(query, range, &format!("{prepare}; {call}"), 1)
                             }
@@ -806,7 +884,7 @@ impl Rewriter {
                 } => {
                     if let Some(stmt) = client.by_name.remove(name.as_bytes()) {
                         let dealloc = format!("DEALLOCATE {}", stmt.server_name());
-                        match self.ensure_for_query(&stmt, server, max_prepared, out) {
+                        match self.ensure_for_query(&stmt, server, max_prepared, out.staged()) {
                             Some(prepare) => {
                                 edit.replace(query, range, &format!("{prepare}; {dealloc}"), 1)
                             }
@@ -922,7 +1000,7 @@ impl Rewriter {
         client: &ClientStatements,
         server: &mut ServerStatements,
         max_prepared: usize,
-        out: &mut Vec<u8>,
+        out: &mut Output<'_>,
     ) -> Option<Arc<Statement>> {
         if name.is_empty() {
             return None;
@@ -934,6 +1012,7 @@ impl Rewriter {
             return None;
         }
         if !server.contains(stmt.id) {
+            let out = out.staged();
             self.make_room(server, max_prepared, out);
             self.counts.prepared += 1;
             self.expect_parse(true, Some(stmt.id));
@@ -991,6 +1070,10 @@ impl Rewriter {
     pub fn server(&mut self, chunk: &mut [u8], server: &mut ServerStatements) -> usize {
         let len = chunk.len();
         let (mut read, mut write) = (0, 0);
+        if self.nothing_to_fix_back() {
+            read = self.note_unchanged_messages(chunk);
+            write = read;
+        }
         while read < len {
             match self.server_at {
                 ServerAt::Start => {
@@ -1122,6 +1205,56 @@ impl Rewriter {
             }
         }
         write
+    }
+
+    /// No answer on the way back needs changing or remembering: nothing pgberth injected or
+    /// renamed is in flight, no SET waits for its outcome, no statement of the client's could go
+    /// stale, and the server's stream is at a message start.
+    fn nothing_to_fix_back(&self) -> bool {
+        matches!(self.server_at, ServerAt::Start)
+            && !self.status_next
+            && self.error_text.is_none()
+            && self.parse_fates.is_empty()
+            && self.close_fates.is_empty()
+            && self.cc_drops.is_empty()
+            && self.hidden_epochs.is_empty()
+            && self.pending_changes.is_empty()
+            && self.deallocate_all_epochs.is_empty()
+            && self.used_in_epoch.is_empty()
+            && self.epoch_input.is_empty()
+            && !self.retrying
+            && self.replay.is_none()
+    }
+
+    /// [`Rewriter::server`] when [`Rewriter::nothing_to_fix_back`]: walks the whole messages at
+    /// the chunk's start, which all pass unchanged, keeping only the count of epochs, the last
+    /// transaction status and where an error was. Returns where it stopped: at the chunk's end,
+    /// or at a message it does not hold whole (or an odd one) for the general loop to take.
+    fn note_unchanged_messages(&mut self, chunk: &[u8]) -> usize {
+        let mut at = 0;
+        while let Some(header) = chunk.get(at..at + 5) {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if len < 4 || len >= chunk.len() - at {
+                break;
+            }
+            match header[0] {
+                READY_FOR_QUERY if len == 5 => {
+                    self.epochs_done += 1;
+                    self.cc_seen = 0;
+                    self.last_status = chunk[at + 5];
+                    if self.epochs_done == self.epochs_sent {
+                        self.epoch_input_overflow = false;
+                        self.repeated = false;
+                    }
+                }
+                READY_FOR_QUERY => break,
+                ERROR_RESPONSE => self.error_epoch = Some(self.epochs_done),
+                COMMAND_COMPLETE => self.cc_seen += 1,
+                _ => {}
+            }
+            at += len + 1;
+        }
+        at
     }
 
     /// "cached plan must not change result type": the schema changed under statements used
@@ -1306,11 +1439,16 @@ fn is_stale_plan_error(body: &[u8]) -> bool {
 fn mentions_session_state(text: &[u8]) -> bool {
     let mut rest = text;
     loop {
-        if statement_may_change_session(rest) {
+        let statement = rest.trim_ascii_start();
+        // Nothing after the last `;` (the usual end of a script's statement).
+        if statement.is_empty() {
+            return false;
+        }
+        if statement_may_change_session(statement) {
             return true;
         }
-        match memchr::memchr(b';', rest) {
-            Some(semicolon) => rest = &rest[semicolon + 1..],
+        match memchr::memchr(b';', statement) {
+            Some(semicolon) => rest = &statement[semicolon + 1..],
             None => return false,
         }
     }

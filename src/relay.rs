@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::buffer::Buffer;
 use crate::config::PoolMode;
 use crate::pool::{ParamValue, Pool, ServerConn};
-use crate::prepared::{ClientState, ParamChange, Rewriting};
+use crate::prepared::{ClientState, ParamChange, Rewriting, Rewritten};
 use crate::protocol::scan::Scanner;
 use crate::protocol::{ErrorResponse, FrameError, SqlState, TxStatus, backend, frontend};
 use crate::registry::{ClientInfo, ClientState as Activity};
@@ -872,11 +872,12 @@ impl Pump {
         }
     }
 
-    /// Takes `n` bytes the client sent into `cbuf`: rewrites them into `stage` when prepared
-    /// statements are tracked, then counts what needs an answer and cuts off a Terminate.
+    /// Takes `n` bytes the client sent into `cbuf`: rewrites them when prepared statements are
+    /// tracked (into `stage`, when anything changes), then counts what needs an answer and
+    /// cuts off a Terminate.
     fn client_bytes(
         &mut self,
-        n: usize,
+        mut n: usize,
         rw: Option<&mut Rewriting<'_>>,
         info: &ClientInfo,
     ) -> Result<(), Outcome> {
@@ -884,11 +885,17 @@ impl Pump {
         let rewriting = rw.is_some();
         let mut stage: &[u8] = &[];
         if let Some(rw) = rw {
-            rw.client
+            let rewritten = rw
+                .client
                 .rewrite_client(&self.cbuf[..n], rw.server, self.max_client_message as usize)
                 .map_err(Outcome::ClientProtocol)?;
-            self.staged = true;
-            stage = &rw.client.stage;
+            match rewritten {
+                Rewritten::Unchanged(len) => n = len,
+                Rewritten::Staged => {
+                    self.staged = true;
+                    stage = &rw.client.stage;
+                }
+            }
         }
         let data: &[u8] = if self.staged { stage } else { &self.cbuf[..n] };
         let n = data.len();
@@ -1154,12 +1161,11 @@ impl Pump {
         loop {
             let mut progress = false;
             // Client → server.
-            let retrying = rw.as_ref().is_some_and(|r| r.client.rewriter.retrying());
             if self.coff == self.clen
                 && !self.server_unflushed
                 && !self.client_done
-                && !retrying
                 && !waits.client_read
+                && !rw.as_ref().is_some_and(|r| r.client.rewriter.retrying())
             {
                 let mut rb = ReadBuf::new(&mut self.cbuf);
                 match Pin::new(&mut *client).poll_read(cx, &mut rb) {
@@ -1302,8 +1308,8 @@ impl Pump {
                 }
             }
             // A server chunk has reached the client: is the transaction (or statement) over?
-            let settled = rw.as_ref().is_none_or(|r| r.client.rewriter.settled());
-            if delivered && settled && self.quiet() {
+            if delivered && self.quiet() && rw.as_ref().is_none_or(|r| r.client.rewriter.settled())
+            {
                 if self.client_done {
                     return Poll::Ready(self.client_left());
                 }

@@ -101,22 +101,42 @@ impl Harness {
         }
     }
 
+    /// A client that prepared `s1` ("select 1") on the server connection, answers received.
+    fn with_s1_prepared() -> Harness {
+        let mut h = Harness::new(10);
+        h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
+        h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+        h
+    }
+
     fn send(&mut self, chunks: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut sent = Vec::new();
         for c in chunks {
-            self.rw
-                .client(
-                    c,
-                    &self.registry,
-                    &mut self.client,
-                    &mut self.server,
-                    self.max,
-                    1 << 20,
-                    &mut out,
-                )
-                .unwrap();
+            let (rewritten, stage) = self.send_one(c);
+            match rewritten {
+                Rewritten::Unchanged(n) => sent.extend_from_slice(&c[..n]),
+                Rewritten::Staged => sent.extend_from_slice(&stage),
+            }
         }
-        out
+        sent
+    }
+
+    /// One chunk through the rewriter: what it became, and the staging buffer.
+    fn send_one(&mut self, chunk: &[u8]) -> (Rewritten, Vec<u8>) {
+        let mut stage = Vec::new();
+        let mut out = Output::new(chunk, &mut stage);
+        self.rw
+            .client(
+                chunk,
+                &self.registry,
+                &mut self.client,
+                &mut self.server,
+                self.max,
+                1 << 20,
+                &mut out,
+            )
+            .unwrap();
+        (out.finish(), stage)
     }
 
     fn receive(&mut self, chunks: &[&[u8]]) -> Vec<u8> {
@@ -147,9 +167,7 @@ fn a_named_parse_is_renamed_and_its_answer_passes() {
 
 #[test]
 fn parsing_a_statement_the_server_has_is_answered_by_a_renamed_close_complete() {
-    let mut h = Harness::new(10);
-    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
-    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let mut h = Harness::with_s1_prepared();
     // Another client, same text, on the same server connection.
     h.client = ClientStatements::default();
     let out = h.send(&[&cat(&[parse("other", "select 1"), bind("other"), sync()])]);
@@ -168,9 +186,7 @@ fn parsing_a_statement_the_server_has_is_answered_by_a_renamed_close_complete() 
 
 #[test]
 fn binding_on_a_server_without_the_statement_parses_it_first_and_hides_that_answer() {
-    let mut h = Harness::new(10);
-    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
-    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let mut h = Harness::with_s1_prepared();
     // The next transaction runs on a fresh server connection.
     h.server = ServerStatements::default();
     let out = h.send(&[&cat(&[bind("s1"), msg(b'E', &[0, 0, 0, 0, 0]), sync()])]);
@@ -187,9 +203,7 @@ fn binding_on_a_server_without_the_statement_parses_it_first_and_hides_that_answ
 
 #[test]
 fn a_client_close_forgets_only_its_name_and_gets_close_complete() {
-    let mut h = Harness::new(10);
-    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
-    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let mut h = Harness::with_s1_prepared();
     let out = h.send(&[&cat(&[close_stmt("s1"), sync()])]);
     assert_eq!(summary(&out), ["C pgberth_never_prepared", "S"]);
     assert!(
@@ -235,9 +249,7 @@ fn the_least_recently_used_statement_is_closed_when_the_server_is_full() {
 
 #[test]
 fn an_error_forgets_statements_the_server_skipped() {
-    let mut h = Harness::new(10);
-    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
-    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let mut h = Harness::with_s1_prepared();
     h.server = ServerStatements::default();
     // The injected Parse fails (say the table is gone): the server skips Bind too.
     h.send(&[&cat(&[bind("s1"), sync()])]);
@@ -281,9 +293,7 @@ fn splitting_either_stream_anywhere_changes_nothing() {
         assert_eq!(back, expected_back, "server split at {split}");
     }
     // With a hidden answer in the stream too.
-    let mut h = Harness::new(10);
-    h.send(&[&cat(&[parse("s1", "select 1"), sync()])]);
-    h.receive(&[&cat(&[msg(b'1', &[]), msg(b'Z', b"I")])]);
+    let mut h = Harness::with_s1_prepared();
     h.server = ServerStatements::default();
     h.send(&[&cat(&[bind("s1"), sync()])]);
     let stream = cat(&[msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', b"I")]);
@@ -308,9 +318,41 @@ fn unnamed_statements_and_other_messages_pass_unchanged() {
         sync(),
         msg(b'Q', b"select 2\0"),
     ]);
-    let out = h.send(&[&stream]);
-    assert_eq!(out, stream);
+    let (rewritten, stage) = h.send_one(&stream);
+    assert_eq!(
+        rewritten,
+        Rewritten::Unchanged(stream.len()),
+        "sent as read, not copied"
+    );
+    assert!(stage.is_empty());
     assert!(h.client.is_empty());
+}
+
+#[test]
+fn an_unchanged_chunk_holds_back_an_unfinished_message_it_may_rewrite() {
+    let bind_named = bind("s1");
+    let mut h = Harness::with_s1_prepared();
+    let first = query("select 2");
+    // A Query and the first bytes of a Bind that names a statement: the Bind is held back
+    // until it is whole, the Query goes on as read.
+    let chunk = cat(&[first.clone(), bind_named[..7].to_vec()]);
+    let (rewritten, stage) = h.send_one(&chunk);
+    assert_eq!(rewritten, Rewritten::Unchanged(first.len()));
+    assert!(stage.is_empty());
+    // The rest of the Bind completes it; it is renamed, so this chunk is staged.
+    let (rewritten, stage) = h.send_one(&cat(&[bind_named[7..].to_vec(), sync()]));
+    assert_eq!(rewritten, Rewritten::Staged);
+    assert_eq!(summary(&stage), ["B pgberth_1", "S"]);
+}
+
+#[test]
+fn a_change_after_unchanged_messages_stages_the_whole_chunk_in_order() {
+    let mut h = Harness::with_s1_prepared();
+    let chunk = cat(&[query("select 2"), bind("s1"), sync()]);
+    let (rewritten, stage) = h.send_one(&chunk);
+    assert_eq!(rewritten, Rewritten::Staged);
+    assert_eq!(summary(&stage), ["Q", "B pgberth_1", "S"]);
+    assert_eq!(&stage[..query("select 2").len()], &query("select 2")[..]);
 }
 
 #[test]
@@ -493,5 +535,40 @@ fn session_state_keywords_are_looked_for_at_statement_starts() {
         "SELECT 1; COMMIT",
     ] {
         assert!(!mentions_session_state(text.as_bytes()), "{text:?}");
+    }
+}
+
+#[test]
+fn answers_with_nothing_to_fix_leave_the_same_state_whole_or_split_anywhere() {
+    let error = msg(b'E', b"SERROR\0C42601\0Msyntax error\0\0");
+    let server_stream = cat(&[
+        msg(b'C', b"BEGIN\0"),
+        msg(b'Z', b"T"),
+        msg(b'T', &[0, 0]),
+        msg(b'D', &[0, 0]),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"T"),
+        error,
+        msg(b'Z', b"E"),
+    ]);
+    let client_stream = cat(&[query("begin"), query("select 1"), query("selec 2")]);
+    let mut whole = Harness::new(10);
+    whole.send(&[&client_stream]);
+    assert!(whole.rw.nothing_to_fix_back());
+    let back = whole.receive(&[&server_stream]);
+    assert_eq!(back, server_stream);
+    assert_eq!(whole.rw.epochs_done, 3);
+    assert_eq!(whole.rw.error_epoch, Some(2));
+    assert_eq!(whole.rw.last_status, b'E');
+    for split in 1..server_stream.len() {
+        let mut h = Harness::new(10);
+        h.send(&[&client_stream]);
+        let back = h.receive(&[&server_stream[..split], &server_stream[split..]]);
+        assert_eq!(back, server_stream, "split at {split}");
+        assert_eq!(
+            format!("{:?}", h.rw),
+            format!("{:?}", whole.rw),
+            "split at {split}"
+        );
     }
 }
