@@ -304,19 +304,6 @@ fn prepared(c: &mut Criterion) {
         )
     });
 
-    // A simple Query with no session state, through the same rewriter (its pre-filter).
-    let select = query(SELECT);
-    group.throughput(Throughput::Bytes(select.len() as u64));
-    group.bench_function("client_query_select", |b| {
-        let mut client = ClientState::new(registry.clone(), MAX_PREPARED);
-        let mut server = ServerStatements::default();
-        b.iter(|| {
-            client
-                .rewrite_client(black_box(&select), &mut server, MAX_MESSAGE)
-                .unwrap();
-            black_box(client.stage.len())
-        })
-    });
     group.finish();
 }
 
