@@ -187,7 +187,9 @@ fn tune_client_socket(stream: &tokio::net::TcpStream, keepalive: bool, inherited
 fn start_client(app: &Arc<App>, (stream, ends): (Stream, Ends)) {
     let (slot, admitted) = app.admit_client(ends);
     let info = slot.info.clone();
-    let task = tokio::spawn(crate::client::serve(app.clone(), stream, admitted, slot));
+    let serve =
+        crate::client::built_in_box(|| crate::client::serve(app.clone(), stream, admitted, slot));
+    let task = tokio::spawn(serve);
     info.set_abort(Some(task.abort_handle()));
 }
 

@@ -16,6 +16,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::app::ClientSlot;
+use crate::client::built_in_box;
 use crate::relay::Session;
 
 /// A parked client: its session, whose socket is off the runtime, and its place among the
@@ -151,8 +152,8 @@ impl Parking {
             active => &active[self.next_runtime.fetch_add(1, Ordering::Relaxed) % active.len()],
         };
         let task = match why {
-            Wake::Readable => runtime.spawn(crate::client::resume(*parked)),
-            Wake::IdleTimeout => runtime.spawn(crate::client::close_idle(*parked)),
+            Wake::Readable => runtime.spawn(built_in_box(|| crate::client::resume(*parked))),
+            Wake::IdleTimeout => runtime.spawn(built_in_box(|| crate::client::close_idle(*parked))),
         };
         info.set_abort(Some(task.abort_handle()));
     }
